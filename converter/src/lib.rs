@@ -1,0 +1,4 @@
+//! gm-converter: GroupMamba checkpoint → ONNX.
+
+pub mod tensor;
+pub mod weights;

@@ -1,0 +1,1 @@
+//! Checkpoint loading (placeholder until the loader lands).
