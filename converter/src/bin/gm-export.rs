@@ -1,1 +1,131 @@
-fn main() {}
+//! gm-export: GroupMamba checkpoint → ONNX with the selective scan as a custom operator.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use gm_converter::export::{export, ExportError, ExportOptions};
+use gm_converter::model::params::expected_tensors;
+use gm_converter::model::{GroupMamba, ModelConfig};
+use gm_converter::weights::{load_checkpoint, WeightsError};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Export a GroupMamba model to ONNX (custom selective-scan op)"
+)]
+struct Args {
+    /// Official configuration.
+    #[arg(long, value_parser = ["tiny", "small", "base"], required_unless_present = "config", conflicts_with = "config")]
+    variant: Option<String>,
+    /// JSON config (stem_hidden_dim, embed_dims, depths, mlp_ratios, num_classes), for other sizes.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Official .pth (flat or nested state_dict) or .safetensors. Without it: seeded random weights.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Seed of the random weights used when no checkpoint is given.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 224)]
+    height: usize,
+    #[arg(long, default_value_t = 224)]
+    width: usize,
+    /// Output file (written atomically).
+    #[arg(long)]
+    out: PathBuf,
+    /// Also output intermediate tensors (stem, every block, stages, features), named as the
+    /// official modules, for localising differences.
+    #[arg(long)]
+    debug_outputs: bool,
+    /// Export even if the checkpoint contains NaN or Inf values.
+    #[arg(long)]
+    allow_nonfinite: bool,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gm-export: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let args = Args::parse();
+    let config = match (&args.variant, &args.config) {
+        (Some(v), _) => ModelConfig::variant(v)?,
+        (None, Some(path)) => ModelConfig::from_file(path)?,
+        (None, None) => unreachable!("clap requires --variant or --config"),
+    };
+    if args.checkpoint.is_none() {
+        eprintln!(
+            "gm-export: warning: no --checkpoint given: using seeded random weights (seed {}); \
+             the model's metadata records groupmamba.checkpoint = random",
+            args.seed
+        );
+    }
+    let opts = ExportOptions {
+        config,
+        checkpoint: args.checkpoint.clone(),
+        seed: args.seed,
+        height: args.height,
+        width: args.width,
+        debug_outputs: args.debug_outputs,
+        allow_nonfinite: args.allow_nonfinite,
+        out: args.out.clone(),
+    };
+    let report = match export(&opts) {
+        Ok(r) => r,
+        Err(ExportError::Weights(e @ WeightsError::Mismatch(_))) => {
+            let hint = args.checkpoint.as_deref().and_then(matching_variant);
+            let hint = hint.map_or(String::new(), |v| {
+                format!("\nhint: this checkpoint matches --variant {v}")
+            });
+            return Err(anyhow::anyhow!("{e}{hint}"));
+        }
+        Err(e) => return Err(e).context(format!("exporting {}", args.out.display())),
+    };
+    println!(
+        "exported {} ({} parameters, {} state_dict keys) at {}x{} from {}: {} nodes, {:.1} MB -> {} in {:.2} s",
+        opts.config.variant,
+        thousands(report.parameters),
+        report.state_dict_keys,
+        args.height,
+        args.width,
+        report.weights_source,
+        report.nodes,
+        report.bytes as f64 / 1e6,
+        report.out.display(),
+        report.seconds
+    );
+    if !report.debug_outputs.is_empty() {
+        println!("debug outputs: {}", report.debug_outputs.len());
+    }
+    Ok(())
+}
+
+/// Which official variant a mismatching checkpoint would fit, if any.
+fn matching_variant(path: &std::path::Path) -> Option<&'static str> {
+    let ckpt = load_checkpoint(path).ok()?;
+    ["tiny", "small", "base"].into_iter().find(|v| {
+        let model = GroupMamba::new(ModelConfig::variant(v).expect("bundled variant"));
+        ckpt.validate(&expected_tensors(&model.params().specs), true)
+            .is_ok()
+    })
+}
+
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}

@@ -1,1 +1,76 @@
-fn main() {}
+//! gm-run: runs an exported GroupMamba model on a `.npy` batch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use gm_runtime::backend::tract::TractBackend;
+use gm_runtime::backend::{check_input_shape, Backend, HostTensor};
+use gm_runtime::npy;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendChoice {
+    /// The best available backend (today: tract).
+    Auto,
+    /// Pure-Rust CPU inference through tract.
+    Tract,
+}
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Run an exported GroupMamba model")]
+struct Args {
+    /// Exported model (.onnx from gm-export).
+    #[arg(long)]
+    model: PathBuf,
+    /// Input batch: float32 .npy of shape [N, 3, H, W] (already normalised).
+    #[arg(long)]
+    input: PathBuf,
+    /// Where to write the logits (float32 .npy, [N, classes]); written atomically.
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gm-run: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let args = Args::parse();
+    if let Some(folder) = args.output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !folder.is_dir() {
+            bail!("--output {}: the folder {} does not exist", args.output.display(), folder.display());
+        }
+    }
+    let (shape, data) = npy::read_f32(&args.input)?;
+    let started = Instant::now();
+    let mut backend: Box<dyn Backend> = match args.backend {
+        BackendChoice::Auto | BackendChoice::Tract => Box::new(TractBackend::load(&args.model)?),
+    };
+    let load_s = started.elapsed().as_secs_f64();
+    check_input_shape(backend.input_shape(), &shape, &args.input, &args.model)?;
+    let started = Instant::now();
+    let outputs = backend.run(&HostTensor { shape, data })?;
+    let run_s = started.elapsed().as_secs_f64();
+    let logits = outputs.first().context("the model produced no output")?;
+    npy::write_f32(&args.output, &logits.shape, &logits.data)?;
+    eprintln!(
+        "gm-run: backend {}: loaded in {:.2} s, ran batch {} in {:.3} s; wrote {} {:?}",
+        backend.name(),
+        load_s,
+        logits.shape.first().copied().unwrap_or(0),
+        run_s,
+        args.output.display(),
+        logits.shape
+    );
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! Export driver: weights (checkpoint or seeded random) → validated → graph → ONNX file on disk.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use prost::Message;
+use thiserror::Error;
+
+use crate::model::emit::{Emitter, BATCH};
+use crate::model::params::{expected_tensors, parameter_count, random_weights};
+use crate::model::{GroupMamba, ModelConfig};
+use crate::onnx::proto::{ModelProto, OperatorSetIdProto, StringStringEntryProto};
+use crate::onnx::{Dim, FloatType, GraphBuilder};
+use crate::tensor::Tensor;
+use crate::weights::{load_checkpoint, WeightsError};
+
+/// Standard ONNX opset: 17 brings LayerNormalization and is accepted by ONNX Runtime ≥ 1.13,
+/// tract and TensorRT 10.
+pub const ONNX_OPSET: i64 = 17;
+/// IR version 8 is the first that allows opset 17, and every runtime we target reads it.
+pub const IR_VERSION: i64 = 8;
+/// Largest accepted input side: far beyond any GroupMamba use, small enough that every index
+/// of the largest scan (L = (H/4)·(W/4) positions) fits comfortably in 32 bits.
+pub const MAX_SIDE: usize = 8192;
+
+/// Official evaluation transform (timm/ImageNet defaults used by GroupMamba's `build_transform`).
+pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
+pub const CROP_RATIO: f64 = 224.0 / 256.0;
+
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub config: ModelConfig,
+    pub checkpoint: Option<PathBuf>,
+    pub seed: u64,
+    pub height: usize,
+    pub width: usize,
+    pub debug_outputs: bool,
+    pub allow_nonfinite: bool,
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Error)]
+pub enum ExportError {
+    #[error("--{option} {value}: the input size must be between 1 and {MAX_SIDE} pixels")]
+    InputSize { option: &'static str, value: usize },
+    #[error("--out {path}: the output folder {folder} does not exist")]
+    MissingOutputFolder { path: PathBuf, folder: PathBuf },
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What was exported, for the command's summary and for tests.
+#[derive(Debug, Clone)]
+pub struct ExportReport {
+    pub out: PathBuf,
+    pub parameters: usize,
+    pub state_dict_keys: usize,
+    pub nodes: usize,
+    pub bytes: usize,
+    pub weights_source: String,
+    pub debug_outputs: Vec<String>,
+    pub seconds: f64,
+}
+
+pub fn export(opts: &ExportOptions) -> Result<ExportReport, ExportError> {
+    let started = Instant::now();
+    for (option, value) in [("height", opts.height), ("width", opts.width)] {
+        if value == 0 || value > MAX_SIDE {
+            return Err(ExportError::InputSize { option, value });
+        }
+    }
+    check_output_folder(&opts.out)?;
+
+    let model = GroupMamba::new(opts.config.clone());
+    let specs = model.params().specs;
+    let (weights, source_meta) = match &opts.checkpoint {
+        Some(path) => {
+            let ckpt = load_checkpoint(path)?;
+            ckpt.validate(&expected_tensors(&specs), opts.allow_nonfinite)?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let meta = vec![
+                ("groupmamba.checkpoint".to_string(), name),
+                (
+                    "groupmamba.checkpoint_sha256".to_string(),
+                    ckpt.sha256.clone(),
+                ),
+            ];
+            (ckpt.tensors, meta)
+        }
+        None => {
+            let meta = vec![
+                ("groupmamba.checkpoint".to_string(), "random".to_string()),
+                (
+                    "groupmamba.checkpoint_sha256".to_string(),
+                    "random".to_string(),
+                ),
+                ("groupmamba.random_seed".to_string(), opts.seed.to_string()),
+            ];
+            (random_weights(&specs, opts.seed), meta)
+        }
+    };
+
+    let model_proto = build_model(&model, &weights, opts, source_meta.clone());
+    let debug_outputs = model_proto.graph.as_ref().map_or(vec![], |g| {
+        g.output.iter().skip(1).map(|o| o.name.clone()).collect()
+    });
+    let nodes = model_proto.graph.as_ref().map_or(0, |g| g.node.len());
+    let bytes = model_proto.encode_to_vec();
+    write_atomically(&opts.out, &bytes)?;
+
+    Ok(ExportReport {
+        out: opts.out.clone(),
+        parameters: parameter_count(&specs),
+        state_dict_keys: specs.len(),
+        nodes,
+        bytes: bytes.len(),
+        weights_source: source_meta[0].1.clone(),
+        debug_outputs,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Builds the ModelProto for `model` with `weights` (already validated).
+pub fn build_model(
+    model: &GroupMamba,
+    weights: &BTreeMap<String, Tensor>,
+    opts: &ExportOptions,
+    source_meta: Vec<(String, String)>,
+) -> ModelProto {
+    let cfg = &model.config;
+    let float = FloatType::F32;
+    let mut e = Emitter::new(
+        GraphBuilder::new("groupmamba"),
+        weights,
+        float,
+        opts.debug_outputs,
+    );
+    let images = e.g.input(
+        "images",
+        float.data_type(),
+        &[
+            Dim::Symbolic(BATCH),
+            Dim::Fixed(cfg.in_chans),
+            Dim::Fixed(opts.height),
+            Dim::Fixed(opts.width),
+        ],
+    );
+    let logits = model.emit(&mut e, &images, opts.height, opts.width);
+    e.g.output(
+        &logits,
+        "logits",
+        float.data_type(),
+        &[Dim::Symbolic(BATCH), Dim::Fixed(cfg.num_classes)],
+    );
+    let mut graph = e.g.finish();
+    // `logits` first, debug outputs after it, in the order they were produced.
+    let last = graph.output.pop().expect("logits output");
+    graph.output.insert(0, last);
+
+    let mut meta = vec![
+        ("groupmamba.variant".to_string(), cfg.variant.clone()),
+        ("groupmamba.config".to_string(), cfg.to_json()),
+        (
+            "groupmamba.producer".to_string(),
+            format!("gm-export {}", env!("CARGO_PKG_VERSION")),
+        ),
+        ("groupmamba.input".to_string(), input_meta(cfg, opts)),
+        (
+            "groupmamba.preprocessing".to_string(),
+            preprocessing_meta(opts),
+        ),
+        ("groupmamba.precision".to_string(), "fp32".to_string()),
+        ("groupmamba.scan".to_string(), "custom-op".to_string()),
+        ("groupmamba.output".to_string(), output_meta(cfg)),
+    ];
+    meta.extend(source_meta);
+
+    ModelProto {
+        ir_version: IR_VERSION,
+        producer_name: "gm-export".to_string(),
+        producer_version: env!("CARGO_PKG_VERSION").to_string(),
+        domain: "ai.groupmamba".to_string(),
+        model_version: 1,
+        doc_string: format!(
+            "GroupMamba ({}) exported by gm-export; selective scan as {}::{} v{}",
+            cfg.variant,
+            gm_ops::spec::DOMAIN,
+            gm_ops::spec::OP_TYPE,
+            gm_ops::spec::OPSET_VERSION
+        ),
+        graph: Some(graph),
+        opset_import: vec![
+            OperatorSetIdProto {
+                domain: String::new(),
+                version: ONNX_OPSET,
+            },
+            OperatorSetIdProto {
+                domain: gm_ops::spec::DOMAIN.to_string(),
+                version: gm_ops::spec::OPSET_VERSION,
+            },
+        ],
+        metadata_props: meta
+            .into_iter()
+            .map(|(key, value)| StringStringEntryProto { key, value })
+            .collect(),
+        functions: vec![],
+    }
+}
+
+fn input_meta(cfg: &ModelConfig, opts: &ExportOptions) -> String {
+    serde_json::json!({
+        "name": "images", "layout": "NCHW", "dtype": "float32",
+        "channels": cfg.in_chans, "height": opts.height, "width": opts.width,
+        "batch": "dynamic",
+    })
+    .to_string()
+}
+
+/// The official evaluation transform, scaled to the export size as the official code scales it
+/// (`Resize(int(256/224 · size))`, `CenterCrop(size)`).
+fn preprocessing_meta(opts: &ExportOptions) -> String {
+    let shorter = opts.height.min(opts.width);
+    serde_json::json!({
+        "resize_shorter_side": (shorter as f64 / CROP_RATIO) as usize,
+        "interpolation": "bicubic",
+        "antialias": true,
+        "center_crop": [opts.height, opts.width],
+        "color": "RGB",
+        "scale": 1.0 / 255.0,
+        "mean": MEAN,
+        "std": STD,
+    })
+    .to_string()
+}
+
+fn output_meta(cfg: &ModelConfig) -> String {
+    let formula = if cfg.distillation {
+        "(head(f) + dist_head(f)) / 2"
+    } else {
+        "head(f)"
+    };
+    serde_json::json!({"name": "logits", "classes": cfg.num_classes, "formula": formula, "kind": "logits (softmax not applied)"})
+        .to_string()
+}
+
+fn check_output_folder(out: &Path) -> Result<(), ExportError> {
+    let folder = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !folder.is_dir() {
+        return Err(ExportError::MissingOutputFolder {
+            path: out.to_path_buf(),
+            folder,
+        });
+    }
+    Ok(())
+}
+
+/// Writes next to the destination, then renames: readers never see a half-written model.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+    let err = |source| ExportError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Err(e) = std::fs::write(&tmp, bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        err(e)
+    })
+}

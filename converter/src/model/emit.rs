@@ -1,0 +1,270 @@
+//! The emission context: the graph builder, the weights, and the module path that both are
+//! addressed with, plus the handful of layer patterns (LayerNorm, Linear, Conv, activations)
+//! that every module is written in.
+
+use std::collections::BTreeMap;
+
+use crate::onnx::proto::DataType;
+use crate::onnx::{Attr, Dim, FloatType, GraphBuilder, Value};
+use crate::tensor::Tensor;
+
+/// Name of the dynamic batch dimension in the exported graph.
+pub const BATCH: &str = "batch";
+
+/// A named intermediate tensor exposed as an extra graph output (`--debug-outputs`).
+#[derive(Debug, Clone)]
+pub struct DebugOutput {
+    pub name: String,
+    /// Shape without the batch dimension.
+    pub dims: Vec<usize>,
+}
+
+pub struct Emitter<'w> {
+    pub g: GraphBuilder,
+    weights: &'w BTreeMap<String, Tensor>,
+    prefix: Vec<String>,
+    /// Element type of weights and activations (LayerNorm statistics and the scan state are
+    /// always computed in f32 by the ops themselves).
+    pub float: FloatType,
+    debug: bool,
+    pub debug_outputs: Vec<DebugOutput>,
+}
+
+impl<'w> Emitter<'w> {
+    pub fn new(
+        g: GraphBuilder,
+        weights: &'w BTreeMap<String, Tensor>,
+        float: FloatType,
+        debug: bool,
+    ) -> Self {
+        Self {
+            g,
+            weights,
+            prefix: Vec::new(),
+            float,
+            debug,
+            debug_outputs: Vec::new(),
+        }
+    }
+
+    /// Runs `f` inside the official module `name` (weights and graph names both get the path).
+    pub fn scoped<T>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> T) -> T {
+        self.prefix.push(name.to_string());
+        self.g.set_scope(self.path());
+        let out = f(self);
+        self.prefix.pop();
+        self.g.set_scope(self.path());
+        out
+    }
+
+    pub fn path(&self) -> String {
+        self.prefix.join(".")
+    }
+
+    /// The checkpoint tensor `name` of the current module.
+    pub fn tensor(&self, name: &str) -> &'w Tensor {
+        let key = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.path())
+        };
+        self.weights
+            .get(&key)
+            .unwrap_or_else(|| panic!("weight {key} missing after validation"))
+    }
+
+    /// Adds a (possibly derived) weight tensor as an initializer.
+    pub fn constant(&mut self, hint: &str, tensor: &Tensor) -> Value {
+        self.g.initializer(hint, tensor, self.float)
+    }
+
+    /// Adds the checkpoint tensor `name` of the current module as it is.
+    pub fn weight(&mut self, name: &str) -> Value {
+        let t = self.tensor(name);
+        self.constant(name, t)
+    }
+
+    pub fn scalar(&mut self, v: f32) -> Value {
+        self.g.scalar(v, self.float)
+    }
+
+    /// Exposes `value` as a graph output named `name` when debug outputs were requested.
+    pub fn debug_output(&mut self, value: &Value, name: &str, dims: &[usize]) -> Value {
+        if !self.debug {
+            return value.clone();
+        }
+        let mut shape = vec![Dim::Symbolic(BATCH)];
+        shape.extend(dims.iter().map(|&d| Dim::Fixed(d)));
+        self.debug_outputs.push(DebugOutput {
+            name: name.to_string(),
+            dims: dims.to_vec(),
+        });
+        let elem = self.float.data_type();
+        self.g.output(value, name, elem, &shape)
+    }
+
+    pub fn debug_enabled(&self) -> bool {
+        self.debug
+    }
+
+    // ---- layer patterns -------------------------------------------------------------------
+
+    pub fn reshape(&mut self, x: &Value, shape: &[i64]) -> Value {
+        let s = self.g.ints(shape);
+        self.g.op("Reshape", &[x, &s], &[])
+    }
+
+    pub fn transpose(&mut self, x: &Value, perm: &[i64]) -> Value {
+        self.g
+            .op("Transpose", &[x], &[("perm", Attr::Ints(perm.to_vec()))])
+    }
+
+    pub fn mul(&mut self, a: &Value, b: &Value) -> Value {
+        self.g.op("Mul", &[a, b], &[])
+    }
+
+    pub fn add(&mut self, a: &Value, b: &Value) -> Value {
+        self.g.op("Add", &[a, b], &[])
+    }
+
+    /// `nn.LayerNorm` over the last axis, with the module's `weight`/`bias`.
+    pub fn layer_norm(&mut self, x: &Value, module: &str, eps: f32) -> Value {
+        self.scoped(module, |e| {
+            let w = e.weight("weight");
+            let b = e.weight("bias");
+            e.g.op(
+                "LayerNormalization",
+                &[x, &w, &b],
+                &[("axis", Attr::Int(-1)), ("epsilon", Attr::Float(eps))],
+            )
+        })
+    }
+
+    /// `nn.Linear` on the last axis: `x @ Wᵀ + b` (W transposed once, at export).
+    pub fn linear(&mut self, x: &Value, module: &str) -> Value {
+        self.scoped(module, |e| {
+            let w = e.tensor("weight");
+            let wt = e.constant("weight_t", &transpose2(w));
+            let y = e.g.op("MatMul", &[x, &wt], &[]);
+            if e.has("bias") {
+                let b = e.weight("bias");
+                e.add(&y, &b)
+            } else {
+                y
+            }
+        })
+    }
+
+    /// Whether the current module has a tensor `name` (optional biases).
+    pub fn has(&self, name: &str) -> bool {
+        self.weights
+            .contains_key(&format!("{}.{name}", self.path()))
+    }
+
+    /// `nn.Conv2d` (NCHW, square kernel, symmetric padding) with the module's weight and bias.
+    pub fn conv2d(
+        &mut self,
+        x: &Value,
+        module: &str,
+        stride: usize,
+        pad: usize,
+        groups: usize,
+    ) -> Value {
+        self.scoped(module, |e| {
+            let w = e.weight("weight");
+            let b = e.has("bias").then(|| e.weight("bias"));
+            let mut inputs = vec![x, &w];
+            if let Some(b) = &b {
+                inputs.push(b);
+            }
+            let k = e.tensor("weight").shape[2] as i64;
+            e.g.op("Conv", &inputs, &conv_attrs(k, stride, pad, groups))
+        })
+    }
+
+    /// A bias-free convolution followed by eval-mode BatchNorm, folded into one convolution.
+    pub fn conv2d_bn(
+        &mut self,
+        x: &Value,
+        conv: &str,
+        bn: &str,
+        stride: usize,
+        pad: usize,
+        eps: f64,
+    ) -> Value {
+        let w = self.scoped(conv, |e| e.tensor("weight"));
+        let (gamma, beta, mean, var) = self.scoped(bn, |e| {
+            (
+                e.tensor("weight"),
+                e.tensor("bias"),
+                e.tensor("running_mean"),
+                e.tensor("running_var"),
+            )
+        });
+        let cout = w.shape[0];
+        let per_out = w.numel() / cout;
+        let mut wf = w.data.clone();
+        let mut bf = vec![0f32; cout];
+        for o in 0..cout {
+            let scale = gamma.data[o] as f64 / (var.data[o] as f64 + eps).sqrt();
+            for v in &mut wf[o * per_out..(o + 1) * per_out] {
+                *v = (*v as f64 * scale) as f32;
+            }
+            bf[o] = (beta.data[o] as f64 - mean.data[o] as f64 * scale) as f32;
+        }
+        let k = w.shape[2] as i64;
+        self.scoped(conv, |e| {
+            let wv = e.constant("weight_bn_folded", &Tensor::new(w.shape.clone(), wf));
+            let bv = e.constant("bias_bn_folded", &Tensor::new(vec![cout], bf));
+            e.g.op("Conv", &[x, &wv, &bv], &conv_attrs(k, stride, pad, 1))
+        })
+    }
+
+    pub fn relu(&mut self, x: &Value) -> Value {
+        self.g.op("Relu", &[x], &[])
+    }
+
+    /// SiLU(x) = x·σ(x).
+    pub fn silu(&mut self, x: &Value) -> Value {
+        let s = self.g.op("Sigmoid", &[x], &[]);
+        self.mul(x, &s)
+    }
+
+    /// Exact (erf) GELU, as `nn.GELU()`: x·½·(1 + erf(x/√2)).
+    pub fn gelu(&mut self, x: &Value) -> Value {
+        let inv_sqrt2 = self.scalar(std::f32::consts::FRAC_1_SQRT_2);
+        let half = self.scalar(0.5);
+        let one = self.scalar(1.0);
+        let t = self.mul(x, &inv_sqrt2);
+        let erf = self.g.op("Erf", &[&t], &[]);
+        let p = self.add(&erf, &one);
+        let xh = self.mul(x, &half);
+        self.mul(&xh, &p)
+    }
+
+    pub fn elem_type(&self) -> DataType {
+        self.float.data_type()
+    }
+}
+
+fn conv_attrs(k: i64, stride: usize, pad: usize, groups: usize) -> Vec<(&'static str, Attr)> {
+    let (s, p) = (stride as i64, pad as i64);
+    vec![
+        ("kernel_shape", Attr::Ints(vec![k, k])),
+        ("strides", Attr::Ints(vec![s, s])),
+        ("pads", Attr::Ints(vec![p, p, p, p])),
+        ("group", Attr::Int(groups as i64)),
+    ]
+}
+
+/// Transpose of a 2-D tensor.
+pub fn transpose2(t: &Tensor) -> Tensor {
+    let (r, c) = (t.shape[0], t.shape[1]);
+    let mut out = vec![0f32; r * c];
+    for i in 0..r {
+        for j in 0..c {
+            out[j * r + i] = t.data[i * c + j];
+        }
+    }
+    Tensor::new(vec![c, r], out)
+}

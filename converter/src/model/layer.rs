@@ -1,0 +1,253 @@
+//! `GroupMambaLayer`, the Modulated Group Mamba layer, with its four single-direction `SS2D`s.
+//!
+//! Official semantics (see the architecture reference, §2.4–2.6):
+//! x̂ = LN(x); a = σ(fc2(relu(fc1(mean_L x̂)))); the channels of x̂ are split into four groups,
+//! group k runs SS2D with scan direction k (→ ↓ ← ↑); m = concat(y_k) · skip_scale · x̂ · a;
+//! out = proj(LN(m)) with the *same* `norm` module applied twice.
+//!
+//! The four groups are emitted together: per-group weights are stacked on a leading group axis
+//! and applied with broadcasting MatMuls, the four depthwise convolutions are one C-channel
+//! depthwise convolution, and a single `SelectiveScan` node scans all four groups, each in its own
+//! direction, straight from the row-major feature map (no permuted copies).
+
+use gm_ops::spec::{DOMAIN, OP_TYPE};
+
+use super::config::{LayerDims, GROUPS};
+use super::emit::Emitter;
+use super::params::{Init, Params};
+use crate::onnx::{Attr, Value};
+use crate::tensor::Tensor;
+
+/// LayerNorm eps inside the layer (`attn.norm`, SS2D `out_norm`): plain `nn.LayerNorm`.
+const LAYER_NORM_EPS: f32 = 1e-5;
+/// Scan direction of group k (0-based), in the op's numbering: → ↓ ← ↑.
+const DIRECTIONS: [i64; GROUPS] = [0, 1, 2, 3];
+
+pub struct GroupMambaLayer {
+    pub dims: LayerDims,
+}
+
+impl GroupMambaLayer {
+    pub fn params(&self, p: &mut Params) {
+        let LayerDims {
+            channels: c,
+            group: d,
+            dt_rank: r,
+            cam_hidden,
+        } = self.dims;
+        p.param("skip_scale", &[1], Init::Ones);
+        p.linear("fc1", c, cam_hidden, true);
+        p.linear("fc2", cam_hidden, c, true);
+        p.layer_norm("norm", c);
+        for k in 1..=GROUPS {
+            p.scoped(&format!("mamba_g{k}"), |p| {
+                p.param(
+                    "x_proj_weight",
+                    &[1, r + 2, d],
+                    Init::Uniform(1.0 / (d as f64).sqrt()),
+                );
+                p.param(
+                    "dt_projs_weight",
+                    &[1, d, r],
+                    Init::Uniform(1.0 / (r as f64).sqrt()),
+                );
+                p.param("dt_projs_bias", &[1, d], Init::DtBias);
+                p.param("A_logs", &[d, 1], Init::Zeros);
+                p.param("Ds", &[d], Init::Ones);
+                p.layer_norm("out_norm", d);
+                p.linear("in_proj", d, 2 * d, false);
+                p.conv2d("conv2d", d, d, 3, d, true);
+                p.linear("out_proj", d, d, false);
+            });
+        }
+        p.linear("proj", c, c, true);
+    }
+
+    /// `x`: tokens (B, L, C) of an `h` × `w` map → tokens (B, L, C).
+    pub fn emit(&self, e: &mut Emitter, x: &Value, h: usize, w: usize) -> Value {
+        let LayerDims {
+            channels: c,
+            group: d,
+            dt_rank: r,
+            ..
+        } = self.dims;
+        let (g, l) = (GROUPS as i64, (h * w) as i64);
+        let (ci, di, ri) = (c as i64, d as i64, r as i64);
+
+        let xn = e.layer_norm(x, "norm", LAYER_NORM_EPS);
+
+        // Channel Affinity Modulation, computed from the normalised input.
+        let pooled = e.g.op(
+            "ReduceMean",
+            &[&xn],
+            &[("axes", Attr::Ints(vec![1])), ("keepdims", Attr::Int(1))],
+        );
+        let hidden = e.linear(&pooled, "fc1");
+        let hidden = e.relu(&hidden);
+        let affinity = e.linear(&hidden, "fc2");
+        let affinity = e.g.op("Sigmoid", &[&affinity], &[]);
+
+        // Per-group input projection on tokens grouped as (B, G, L, d).
+        let xg = e.reshape(&xn, &[0, l, g, di]);
+        let xg = e.transpose(&xg, &[0, 2, 1, 3]);
+        let w_in = stack(e, "in_proj_t", |e, k| {
+            group(e, k, |e| transposed(e.tensor("in_proj.weight")))
+        });
+        let xz = e.g.op("MatMul", &[&xg, &w_in], &[]);
+        let split = e.g.ints(&[di, di]);
+        let mut parts =
+            e.g.node("", "Split", &[&xz, &split], 2, &[("axis", Attr::Int(3))]);
+        let z = parts.pop().unwrap();
+        let xs = parts.pop().unwrap();
+        let z = e.silu(&z);
+
+        // Depthwise 3×3 conv of all groups at once on the channels-first map.
+        let xs = e.transpose(&xs, &[0, 1, 3, 2]);
+        let xs = e.reshape(&xs, &[0, ci, h as i64, w as i64]);
+        let conv_w = concat(e, |e, k| group(e, k, |e| e.tensor("conv2d.weight").clone()));
+        let conv_b = concat(e, |e, k| group(e, k, |e| e.tensor("conv2d.bias").clone()));
+        let conv_w = e.constant("conv2d_weight", &conv_w);
+        let conv_b = e.constant("conv2d_bias", &conv_b);
+        let u = e.g.op(
+            "Conv",
+            &[&xs, &conv_w, &conv_b],
+            &[
+                ("kernel_shape", Attr::Ints(vec![3, 3])),
+                ("pads", Attr::Ints(vec![1, 1, 1, 1])),
+                ("group", Attr::Int(ci)),
+            ],
+        );
+        let u = e.silu(&u);
+
+        // x_proj → (dt, B, C) rows, then the low-rank dt projection, per group, per position.
+        let ug = e.reshape(&u, &[0, g, di, l]);
+        let w_x = stack(e, "x_proj_weight", |e, k| {
+            group(e, k, |e| squeeze0(e.tensor("x_proj_weight")))
+        });
+        let x_dbl = e.g.op("MatMul", &[&w_x, &ug], &[]);
+        let split = e.g.ints(&[ri, 1, 1]);
+        let mut rows =
+            e.g.node("", "Split", &[&x_dbl, &split], 3, &[("axis", Attr::Int(2))]);
+        let c_rows = rows.pop().unwrap();
+        let b_rows = rows.pop().unwrap();
+        let dts = rows.pop().unwrap();
+        let w_dt = stack(e, "dt_projs_weight", |e, k| {
+            group(e, k, |e| squeeze0(e.tensor("dt_projs_weight")))
+        });
+        let delta = e.g.op("MatMul", &[&w_dt, &dts], &[]);
+
+        let map = [0, ci, h as i64, w as i64];
+        let rows_map = [0, g, h as i64, w as i64];
+        let delta = e.reshape(&delta, &map);
+        let b_rows = e.reshape(&b_rows, &rows_map);
+        let c_rows = e.reshape(&c_rows, &rows_map);
+        let a = concat(e, |e, k| {
+            group(e, k, |e| {
+                let logs = e.tensor("A_logs");
+                Tensor::new(vec![d], logs.data.iter().map(|v| -v.exp()).collect())
+            })
+        });
+        let ds = concat(e, |e, k| group(e, k, |e| e.tensor("Ds").clone()));
+        let dt_bias = concat(e, |e, k| group(e, k, |e| flat(e.tensor("dt_projs_bias"))));
+        // The scan's per-channel parameters stay f32 whatever the activation type.
+        let a = e.g.initializer("A", &a, crate::onnx::FloatType::F32);
+        let ds = e.g.initializer("D", &ds, crate::onnx::FloatType::F32);
+        let dt_bias =
+            e.g.initializer("delta_bias", &dt_bias, crate::onnx::FloatType::F32);
+        let y =
+            e.g.node(
+                DOMAIN,
+                OP_TYPE,
+                &[&u, &delta, &a, &b_rows, &c_rows, &ds, &dt_bias],
+                1,
+                &[("directions", Attr::Ints(DIRECTIONS.to_vec()))],
+            )
+            .remove(0);
+
+        // out_norm (per group, over d), z gate, out_proj — on (B, G, L, d).
+        let y = e.reshape(&y, &[0, g, di, l]);
+        let y = e.transpose(&y, &[0, 1, 3, 2]);
+        let ones = e.constant("out_norm_unit_scale", &Tensor::new(vec![d], vec![1.0; d]));
+        let y = e.g.op(
+            "LayerNormalization",
+            &[&y, &ones],
+            &[
+                ("axis", Attr::Int(-1)),
+                ("epsilon", Attr::Float(LAYER_NORM_EPS)),
+            ],
+        );
+        let norm_w = stack(e, "out_norm_weight", |e, k| {
+            group(e, k, |e| row(e.tensor("out_norm.weight")))
+        });
+        let norm_b = stack(e, "out_norm_bias", |e, k| {
+            group(e, k, |e| row(e.tensor("out_norm.bias")))
+        });
+        let y = e.mul(&y, &norm_w);
+        let y = e.add(&y, &norm_b);
+        let y = e.mul(&y, &z);
+        let w_out = stack(e, "out_proj_t", |e, k| {
+            group(e, k, |e| transposed(e.tensor("out_proj.weight")))
+        });
+        let y = e.g.op("MatMul", &[&y, &w_out], &[]);
+        if e.debug_enabled() {
+            for k in 0..GROUPS {
+                let name = format!("{}.mamba_g{}", e.path(), k + 1);
+                let idx = e.g.ints(&[k as i64]);
+                let yk = e.g.op("Gather", &[&y, &idx], &[("axis", Attr::Int(1))]);
+                let yk = e.reshape(&yk, &[0, h as i64, w as i64, di]);
+                e.debug_output(&yk, &name, &[h, w, d]);
+            }
+        }
+        let y = e.transpose(&y, &[0, 2, 1, 3]);
+        let y = e.reshape(&y, &[0, l, ci]);
+
+        // Gate with skip_scale·x̂, modulate with the channel affinity, shared norm, projection.
+        let skip = e.weight("skip_scale");
+        let m = e.mul(&y, &skip);
+        let m = e.mul(&m, &xn);
+        let m = e.mul(&m, &affinity);
+        let m = e.layer_norm(&m, "norm", LAYER_NORM_EPS);
+        e.linear(&m, "proj")
+    }
+}
+
+/// Reads tensors of group k (`mamba_g{k+1}`).
+fn group(e: &mut Emitter, k: usize, f: impl FnOnce(&mut Emitter) -> Tensor) -> Tensor {
+    e.scoped(&format!("mamba_g{}", k + 1), f)
+}
+
+/// Stacks the four groups' tensors on a new leading axis and adds the result as an initializer.
+fn stack(e: &mut Emitter, hint: &str, mut f: impl FnMut(&mut Emitter, usize) -> Tensor) -> Value {
+    let parts: Vec<Tensor> = (0..GROUPS).map(|k| f(e, k)).collect();
+    let mut shape = vec![GROUPS];
+    shape.extend_from_slice(&parts[0].shape);
+    let data = parts.into_iter().flat_map(|t| t.data).collect();
+    let t = Tensor::new(shape, data);
+    e.constant(hint, &t)
+}
+
+/// Concatenates the four groups' tensors along their first axis (channels).
+fn concat(e: &mut Emitter, mut f: impl FnMut(&mut Emitter, usize) -> Tensor) -> Tensor {
+    let parts: Vec<Tensor> = (0..GROUPS).map(|k| f(e, k)).collect();
+    let mut shape = parts[0].shape.clone();
+    shape[0] *= GROUPS;
+    Tensor::new(shape, parts.into_iter().flat_map(|t| t.data).collect())
+}
+
+fn transposed(t: &Tensor) -> Tensor {
+    super::emit::transpose2(t)
+}
+
+/// (1, a, b) → (a, b).
+fn squeeze0(t: &Tensor) -> Tensor {
+    Tensor::new(t.shape[1..].to_vec(), t.data.clone())
+}
+
+fn flat(t: &Tensor) -> Tensor {
+    Tensor::new(vec![t.numel()], t.data.clone())
+}
+
+/// (d,) → (1, d), to broadcast over the tokens of a group.
+fn row(t: &Tensor) -> Tensor {
+    Tensor::new(vec![1, t.numel()], t.data.clone())
+}

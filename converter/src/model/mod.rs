@@ -1,0 +1,12 @@
+//! The GroupMamba architecture as Rust types mirroring the official modules. Each module lists
+//! its parameters (official state_dict names) and emits its part of the ONNX graph.
+
+pub mod block;
+pub mod config;
+pub mod emit;
+pub mod layer;
+pub mod network;
+pub mod params;
+
+pub use config::ModelConfig;
+pub use network::GroupMamba;

@@ -1,0 +1,6 @@
+//! ONNX emission: protobuf messages and the graph builder on top of them.
+
+pub mod builder;
+pub mod proto;
+
+pub use builder::{Attr, Dim, FloatType, GraphBuilder, Value};
