@@ -1,1 +1,27 @@
+//! `gm-ops`: the GroupMamba selective-scan operator, `ai.groupmamba::SelectiveScan` (v1).
+//!
+//! One ONNX node runs the selective scans of all G groups of a GroupMamba layer: the
+//! feature map stays `[N, C, H, W]` in row-major spatial order, and each group of
+//! `C/G` channels is scanned in its own direction (→, ↓, ←, ↑). The normative
+//! description is `plugins/SPEC.md`; this crate holds
+//!
+//! - [`spec`]: the names (domain, op type, version, attribute), [`Direction`] and its
+//!   step → row-major offset mapping, [`ScanShape`] and the shared [`ScanError`];
+//! - [`cpu`]: the reference float32 kernel ([`selective_scan`]) every CPU adapter calls;
+//! - `tract_op` (feature `tract`, on by default): the op for tract-onnx 0.23.9,
+//!   installed with `gm_ops::tract_op::register(&mut onnx)`.
+//!
+//! Not covered yet: d_state N > 1 (GroupMamba uses N = 1), returning the last state,
+//! z-gating inside the op, float16/bfloat16 in the float32 CPU kernel (the tract adapter
+//! accepts float16 by converting at its boundary).
 
+pub mod cpu;
+pub mod spec;
+#[cfg(feature = "tract")]
+pub mod tract_op;
+
+pub use cpu::{selective_scan, selective_scan_to_vec, softplus, ScanInputs};
+pub use spec::{
+    Direction, ScanError, ScanInput, ScanShape, ATTR_DIRECTIONS, DOMAIN, OPSET_VERSION, OP_TYPE,
+    SOFTPLUS_THRESHOLD,
+};
