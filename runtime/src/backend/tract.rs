@@ -3,10 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+use tract_onnx::tract_hir::internal::DimLike;
 
 use super::{Backend, BackendError, HostTensor, InputDim};
 
-type Runnable = TypedRunnableModel<TypedModel>;
+type Runnable = Arc<TypedRunnableModel>;
 
 pub struct TractBackend {
     path: PathBuf,
@@ -78,7 +80,7 @@ impl Backend for TractBackend {
         outputs
             .iter()
             .map(|t| {
-                let view = t.to_array_view::<f32>().map_err(run_err)?;
+                let view = t.to_plain_array_view::<f32>().map_err(run_err)?;
                 Ok(HostTensor {
                     shape: view.shape().to_vec(),
                     data: view.iter().copied().collect(),
