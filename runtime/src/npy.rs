@@ -1,9 +1,9 @@
 //! A small `.npy` reader and writer for float32 tensors.
 //!
 //! Reads format versions 1.0, 2.0 and 3.0 (the header is a Python dict literal with
-//! `descr`, `fortran_order` and `shape`), C order only. Element types: little-endian
-//! `<f4` as is; `<f8` (rounded to nearest f32), `<f2` (exact) and `<i8` (rounded to
-//! nearest f32 beyond 2^24) are converted; anything else is rejected with the dtype found.
+//! `descr`, `fortran_order` and `shape`), C order only. Element type: little-endian float32
+//! (`<f4`) only — models take float32, and a silent conversion (from float64, say) would hide
+//! a mistake upstream; anything else is rejected with the dtype found.
 //! Writes `<f4`, C order, version 1.0 (2.0 when the header needs it), to a temporary file
 //! in the destination folder that is then renamed over the destination.
 
@@ -28,7 +28,7 @@ pub enum NpyError {
     Version { path: PathBuf, major: u8, minor: u8 },
     #[error("{path}: malformed header: {reason}")]
     Header { path: PathBuf, reason: String },
-    #[error("{path}: dtype `{found}` is not supported: expected `<f4` (`<f8`, `<f2` and `<i8` are converted)")]
+    #[error("{path}: dtype `{found}` is not supported: expected float32 (`<f4`); convert with `x.astype(numpy.float32)`")]
     Dtype { path: PathBuf, found: String },
     #[error("{path}: array is in Fortran order (fortran_order: True); only C order is supported")]
     FortranOrder { path: PathBuf },
@@ -63,54 +63,20 @@ pub enum NpyError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dtype {
     F4,
-    F8,
-    F2,
-    I8,
 }
 
 impl Dtype {
     fn parse(descr: &str) -> Option<Dtype> {
-        match descr {
-            "<f4" => Some(Dtype::F4),
-            "<f8" => Some(Dtype::F8),
-            "<f2" => Some(Dtype::F2),
-            "<i8" => Some(Dtype::I8),
-            _ => None,
-        }
+        (descr == "<f4").then_some(Dtype::F4)
     }
 
     fn size(self) -> usize {
-        match self {
-            Dtype::F4 => 4,
-            Dtype::F8 | Dtype::I8 => 8,
-            Dtype::F2 => 2,
-        }
+        4
     }
 
     fn decode(self, bytes: &[u8]) -> f32 {
-        match self {
-            Dtype::F4 => f32::from_le_bytes(bytes.try_into().unwrap()),
-            Dtype::F8 => f64::from_le_bytes(bytes.try_into().unwrap()) as f32,
-            Dtype::F2 => f16_to_f32(u16::from_le_bytes(bytes.try_into().unwrap())),
-            Dtype::I8 => i64::from_le_bytes(bytes.try_into().unwrap()) as f32,
-        }
+        f32::from_le_bytes(bytes.try_into().unwrap())
     }
-}
-
-/// IEEE binary16 → binary32 (exact; subnormals, infinities and NaN included).
-fn f16_to_f32(bits: u16) -> f32 {
-    let sign = ((bits >> 15) as u32) << 31;
-    let exp = ((bits >> 10) & 0x1f) as u32;
-    let frac = (bits & 0x3ff) as u32;
-    let magnitude = match (exp, frac) {
-        (0, 0) => 0,
-        // subnormal: frac · 2^-24 is exact in f32
-        (0, _) => (frac as f32 * 2f32.powi(-24)).to_bits(),
-        (0x1f, 0) => 0x7f80_0000,
-        (0x1f, _) => 0x7fc0_0000 | (frac << 13),
-        _ => ((exp + 127 - 15) << 23) | (frac << 13),
-    };
-    f32::from_bits(sign | magnitude)
 }
 
 /// Reads a `.npy` file into (shape, values in C order). See the module doc for the types.
@@ -506,7 +472,7 @@ mod tests {
     }
 
     #[test]
-    fn reads_numpy_style_and_converts() {
+    fn reads_float32_and_rejects_other_dtypes() {
         let p = Path::new("conv.npy");
         let f4 = npy_bytes(
             "<f4",
@@ -515,30 +481,11 @@ mod tests {
             &le_bytes(&[1.5f32, -2.0], f32::to_le_bytes),
         );
         assert_eq!(parse_f32(&f4, p).unwrap(), (vec![2], vec![1.5, -2.0]));
-        let f8 = npy_bytes(
-            "<f8",
-            false,
-            "(3,)",
-            &le_bytes(&[0.1f64, -1e10, 2.5], f64::to_le_bytes),
-        );
-        assert_eq!(parse_f32(&f8, p).unwrap().1, vec![0.1f32, -1e10, 2.5]);
-        let i8s = npy_bytes(
-            "<i8",
-            false,
-            "(1, 2)",
-            &le_bytes(&[-7i64, 1 << 40], i64::to_le_bytes),
-        );
-        assert_eq!(
-            parse_f32(&i8s, p).unwrap(),
-            (vec![1, 2], vec![-7.0, (1u64 << 40) as f32])
-        );
-        // 1.0, -2.0, 65504 (max), smallest subnormal 2^-24, +inf
-        let halves = [0x3c00u16, 0xc000, 0x7bff, 0x0001, 0x7c00];
-        let f2 = npy_bytes("<f2", false, "(5,)", &le_bytes(&halves, u16::to_le_bytes));
-        assert_eq!(
-            parse_f32(&f2, p).unwrap().1,
-            vec![1.0, -2.0, 65504.0, 2f32.powi(-24), f32::INFINITY]
-        );
+        for (descr, width) in [("<f8", 8), ("<f2", 2), ("<i8", 8), (">f4", 4)] {
+            let bytes = npy_bytes(descr, false, "(1,)", &vec![0u8; width]);
+            let err = parse_f32(&bytes, p).unwrap_err().to_string();
+            assert!(err.contains(descr) && err.contains("<f4"), "{err}");
+        }
         // version 2.0 header with double quotes and no trailing comma
         let header = "{\"descr\": \"<f4\", \"fortran_order\": False, \"shape\": (1,)}\n";
         let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
@@ -588,16 +535,5 @@ mod tests {
             e.contains("mismatch.npy") && e.contains("4 elements but 3 values"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn f16_conversion_matches_known_values() {
-        assert_eq!(f16_to_f32(0x0000), 0.0);
-        assert!(f16_to_f32(0x8000).is_sign_negative());
-        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
-        assert_eq!(f16_to_f32(0x0400), 2f32.powi(-14));
-        assert_eq!(f16_to_f32(0x03ff), 1023.0 * 2f32.powi(-24));
-        assert_eq!(f16_to_f32(0xfc00), f32::NEG_INFINITY);
-        assert!(f16_to_f32(0x7e00).is_nan());
     }
 }
