@@ -1,1 +1,3 @@
+//! gm-tests: helpers shared by the end-to-end and parity tests in `tests/`.
 
+pub mod pth_writer;
