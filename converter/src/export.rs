@@ -10,8 +10,8 @@ use thiserror::Error;
 use crate::model::emit::{Emitter, BATCH};
 use crate::model::params::{expected_tensors, parameter_count, random_weights};
 use crate::model::{GroupMamba, ModelConfig};
-use crate::onnx::proto::{ModelProto, OperatorSetIdProto, StringStringEntryProto};
-use crate::onnx::{Dim, FloatType, GraphBuilder};
+use crate::onnx::proto::{DataType, ModelProto, OperatorSetIdProto, StringStringEntryProto};
+use crate::onnx::{Attr, Dim, FloatType, GraphBuilder};
 use crate::tensor::Tensor;
 use crate::weights::{load_checkpoint, WeightsError};
 
@@ -38,6 +38,9 @@ pub struct ExportOptions {
     pub width: usize,
     pub debug_outputs: bool,
     pub allow_nonfinite: bool,
+    /// Element type of weights and activations. FP16 keeps the graph's input and output FP32
+    /// (cast at the edges) and the scan's state and per-channel parameters FP32.
+    pub precision: FloatType,
     pub out: PathBuf,
 }
 
@@ -138,7 +141,7 @@ pub fn build_model(
     source_meta: Vec<(String, String)>,
 ) -> ModelProto {
     let cfg = &model.config;
-    let float = FloatType::F32;
+    let float = opts.precision;
     let mut e = Emitter::new(
         GraphBuilder::new("groupmamba"),
         weights,
@@ -147,7 +150,7 @@ pub fn build_model(
     );
     let images = e.g.input(
         "images",
-        float.data_type(),
+        DataType::Float,
         &[
             Dim::Symbolic(BATCH),
             Dim::Fixed(cfg.in_chans),
@@ -155,11 +158,20 @@ pub fn build_model(
             Dim::Fixed(opts.width),
         ],
     );
-    let logits = model.emit(&mut e, &images, opts.height, opts.width);
+    let to = |t: DataType| [("to", Attr::Int(t as i64))];
+    let x = match float {
+        FloatType::F32 => images,
+        FloatType::F16 => e.g.op("Cast", &[&images], &to(DataType::Float16)),
+    };
+    let logits = model.emit(&mut e, &x, opts.height, opts.width);
+    let logits = match float {
+        FloatType::F32 => logits,
+        FloatType::F16 => e.g.op("Cast", &[&logits], &to(DataType::Float)),
+    };
     e.g.output(
         &logits,
         "logits",
-        float.data_type(),
+        DataType::Float,
         &[Dim::Symbolic(BATCH), Dim::Fixed(cfg.num_classes)],
     );
     let mut graph = e.g.finish();
@@ -179,7 +191,10 @@ pub fn build_model(
             "groupmamba.preprocessing".to_string(),
             preprocessing_meta(opts),
         ),
-        ("groupmamba.precision".to_string(), "fp32".to_string()),
+        (
+            "groupmamba.precision".to_string(),
+            precision_name(float).to_string(),
+        ),
         ("groupmamba.scan".to_string(), "custom-op".to_string()),
         ("groupmamba.output".to_string(), output_meta(cfg)),
     ];
@@ -214,6 +229,13 @@ pub fn build_model(
             .map(|(key, value)| StringStringEntryProto { key, value })
             .collect(),
         functions: vec![],
+    }
+}
+
+pub fn precision_name(float: FloatType) -> &'static str {
+    match float {
+        FloatType::F32 => "fp32",
+        FloatType::F16 => "fp16",
     }
 }
 

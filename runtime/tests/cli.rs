@@ -24,6 +24,7 @@ fn model(dir: &std::path::Path) -> PathBuf {
         width: 64,
         debug_outputs: false,
         allow_nonfinite: false,
+        precision: gm_converter::onnx::FloatType::F32,
         out: out.clone(),
     })
     .unwrap();

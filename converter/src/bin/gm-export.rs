@@ -8,6 +8,7 @@ use clap::Parser;
 use gm_converter::export::{export, ExportError, ExportOptions};
 use gm_converter::model::params::expected_tensors;
 use gm_converter::model::{GroupMamba, ModelConfig};
+use gm_converter::onnx::FloatType;
 use gm_converter::weights::{load_checkpoint, WeightsError};
 
 #[derive(Parser, Debug)]
@@ -42,6 +43,10 @@ struct Args {
     /// Export even if the checkpoint contains NaN or Inf values.
     #[arg(long)]
     allow_nonfinite: bool,
+    /// fp16: weights and activations in FP16 (input and output stay FP32; LayerNorm statistics,
+    /// the scan's state and its per-channel parameters stay FP32).
+    #[arg(long, value_parser = ["fp32", "fp16"], default_value = "fp32")]
+    precision: String,
 }
 
 fn main() -> ExitCode {
@@ -76,6 +81,11 @@ fn run() -> Result<()> {
         width: args.width,
         debug_outputs: args.debug_outputs,
         allow_nonfinite: args.allow_nonfinite,
+        precision: if args.precision == "fp16" {
+            FloatType::F16
+        } else {
+            FloatType::F32
+        },
         out: args.out.clone(),
     };
     let report = match export(&opts) {
@@ -90,8 +100,9 @@ fn run() -> Result<()> {
         Err(e) => return Err(e).context(format!("exporting {}", args.out.display())),
     };
     println!(
-        "exported {} ({} parameters, {} state_dict keys) at {}x{} from {}: {} nodes, {:.1} MB -> {} in {:.2} s",
+        "exported {} {} ({} parameters, {} state_dict keys) at {}x{} from {}: {} nodes, {:.1} MB -> {} in {:.2} s",
         opts.config.variant,
+        args.precision,
         thousands(report.parameters),
         report.state_dict_keys,
         args.height,
@@ -122,7 +133,7 @@ fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
