@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The test command (README, CI): installs what the checks need, then runs
 #   1. the Rust tests (unit, loader errors, scan fixtures, end-to-end parity with the official model),
-#   2. the ONNX reference checker (full_check) on exported models: tiny at 224 and both fixtures.
+#   2. the ONNX reference checker (full_check) on exported models: tiny at 224 and both fixtures,
+#   3. the custom-op library libgroupmamba_ops.so in Python onnxruntime: both fixtures' logits (newest
+#      onnxruntime from requirements-test.txt), and loading in the oldest supported wheel (1.19.2).
+# ONNX Runtime is required (GM_REQUIRE_ORT=1): the Rust ORT tests fail instead of skipping without it.
 # Needs ../shared/parity beside the checkout (the official-model fixtures).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +13,7 @@ python3 -m pip install -q --disable-pip-version-check -r scripts/requirements-te
 
 mkdir -p target
 # --nocapture: the parity tests print the max abs error of every compared tensor.
+export GM_REQUIRE_ORT=1
 cargo test --workspace --no-fail-fast -- --nocapture 2>&1 | tee target/test-output.log
 
 cargo build -q -p gm-converter --bin gm-export
@@ -24,4 +28,16 @@ for case in custom-64x64 custom-72x100; do
     --height "$1" --width "$2" --out "$out/$case.onnx"
 done
 python3 scripts/check_onnx.py "$out"/*.onnx
+
+# The custom-op library through Python onnxruntime.
+cargo build -q -p gm-ort-library
+lib=target/debug/libgroupmamba_ops.so
+models=(--model custom-64x64="$out/custom-64x64.onnx" --model custom-72x100="$out/custom-72x100.onnx")
+python3 scripts/ort_python_parity.py --library "$lib" "${models[@]}"
+# The oldest wheel the library supports, in its own folder (its own numpy too, as pip resolves it).
+old=target/ort-1.19.2
+if [ ! -d "$old/onnxruntime" ]; then
+  python3 -m pip install -q --disable-pip-version-check --target "$old" onnxruntime==1.19.2
+fi
+PYTHONPATH="$old" python3 scripts/ort_python_parity.py --library "$lib" "${models[@]}"
 echo "all tests passed"

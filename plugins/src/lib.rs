@@ -9,13 +9,18 @@
 //!   step → row-major offset mapping, [`ScanShape`] and the shared [`ScanError`];
 //! - [`cpu`]: the reference float32 kernel ([`selective_scan`]) every CPU adapter calls;
 //! - `tract_op` (feature `tract`, on by default): the op for tract-onnx 0.23.9,
-//!   installed with `gm_ops::tract_op::register(&mut onnx)`.
+//!   installed with `gm_ops::tract_op::register(&mut onnx)`;
+//! - `ort_op` (feature `ort`): the op for ONNX Runtime through the `ort` crate (CPU EP),
+//!   registered with `SessionBuilder::with_operators(gm_ops::ort_op::domain()?)`; the same op
+//!   ships as a custom-op library for any ONNX Runtime user (`plugins/ort-library`).
 //!
 //! Not covered yet: d_state N > 1 (GroupMamba uses N = 1), returning the last state,
 //! z-gating inside the op, float16/bfloat16 in the float32 CPU kernel (the tract adapter
 //! accepts float16 by converting at its boundary).
 
 pub mod cpu;
+#[cfg(feature = "ort")]
+pub mod ort_op;
 pub mod spec;
 #[cfg(feature = "tract")]
 pub mod tract_op;

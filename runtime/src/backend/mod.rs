@@ -1,5 +1,6 @@
 //! Execution backends: one trait, one implementation per runtime.
 
+pub mod ort;
 pub mod tract;
 
 use std::path::Path;

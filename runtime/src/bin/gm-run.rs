@@ -6,14 +6,17 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
+use gm_runtime::backend::ort::{self as ort_backend, OrtBackend};
 use gm_runtime::backend::tract::TractBackend;
 use gm_runtime::backend::{check_input_shape, Backend, HostTensor};
 use gm_runtime::npy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum BackendChoice {
-    /// The best available backend (today: tract).
+    /// ONNX Runtime if a library can be found (ORT_DYLIB_PATH or a Python onnxruntime), else tract.
     Auto,
+    /// ONNX Runtime on CPU (ORT_DYLIB_PATH, else the library of an installed Python onnxruntime).
+    Ort,
     /// Pure-Rust CPU inference through tract.
     Tract,
 }
@@ -48,13 +51,34 @@ fn run() -> Result<()> {
     let args = Args::parse();
     if let Some(folder) = args.output.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !folder.is_dir() {
-            bail!("--output {}: the folder {} does not exist", args.output.display(), folder.display());
+            bail!(
+                "--output {}: the folder {} does not exist",
+                args.output.display(),
+                folder.display()
+            );
         }
     }
     let (shape, data) = npy::read_f32(&args.input)?;
     let started = Instant::now();
     let mut backend: Box<dyn Backend> = match args.backend {
-        BackendChoice::Auto | BackendChoice::Tract => Box::new(TractBackend::load(&args.model)?),
+        BackendChoice::Tract => Box::new(TractBackend::load(&args.model)?),
+        BackendChoice::Ort => {
+            let rt = ort_backend::runtime().context("--backend ort")?;
+            eprintln!("gm-run: using {}", rt.describe());
+            Box::new(OrtBackend::load_in(rt, &args.model)?)
+        }
+        BackendChoice::Auto => match ort_backend::runtime() {
+            Ok(rt) => {
+                eprintln!("gm-run: --backend auto: using ort, {}", rt.describe());
+                Box::new(OrtBackend::load_in(rt, &args.model)?)
+            }
+            Err(e) => {
+                eprintln!(
+                    "gm-run: --backend auto: using tract; ONNX Runtime is not available: {e}"
+                );
+                Box::new(TractBackend::load(&args.model)?)
+            }
+        },
     };
     let load_s = started.elapsed().as_secs_f64();
     check_input_shape(backend.input_shape(), &shape, &args.input, &args.model)?;
