@@ -7,7 +7,7 @@ use std::time::Instant;
 use prost::Message;
 use thiserror::Error;
 
-use crate::model::emit::{Emitter, BATCH};
+use crate::model::emit::{Emitter, ScanMode, BATCH};
 use crate::model::params::{expected_tensors, parameter_count, random_weights};
 use crate::model::{GroupMamba, ModelConfig};
 use crate::onnx::proto::{DataType, ModelProto, OperatorSetIdProto, StringStringEntryProto};
@@ -41,6 +41,7 @@ pub struct ExportOptions {
     /// Element type of weights and activations. FP16 keeps the graph's input and output FP32
     /// (cast at the edges) and the scan's state and per-channel parameters FP32.
     pub precision: FloatType,
+    pub scan: ScanMode,
     pub out: PathBuf,
 }
 
@@ -148,6 +149,7 @@ pub fn build_model(
         float,
         opts.debug_outputs,
     );
+    e.scan = opts.scan;
     let images = e.g.input(
         "images",
         DataType::Float,
@@ -195,11 +197,21 @@ pub fn build_model(
             "groupmamba.precision".to_string(),
             precision_name(float).to_string(),
         ),
-        ("groupmamba.scan".to_string(), "custom-op".to_string()),
+        ("groupmamba.scan".to_string(), scan_name(opts.scan)),
         ("groupmamba.output".to_string(), output_meta(cfg)),
     ];
     meta.extend(source_meta);
 
+    let mut opset_import = vec![OperatorSetIdProto {
+        domain: String::new(),
+        version: ONNX_OPSET,
+    }];
+    if opts.scan == ScanMode::CustomOp {
+        opset_import.push(OperatorSetIdProto {
+            domain: gm_ops::spec::DOMAIN.to_string(),
+            version: gm_ops::spec::OPSET_VERSION,
+        });
+    }
     ModelProto {
         ir_version: IR_VERSION,
         producer_name: "gm-export".to_string(),
@@ -207,28 +219,32 @@ pub fn build_model(
         domain: "ai.groupmamba".to_string(),
         model_version: 1,
         doc_string: format!(
-            "GroupMamba ({}) exported by gm-export; selective scan as {}::{} v{}",
+            "GroupMamba ({}) exported by gm-export; selective scan: {}",
             cfg.variant,
-            gm_ops::spec::DOMAIN,
-            gm_ops::spec::OP_TYPE,
-            gm_ops::spec::OPSET_VERSION
+            match opts.scan {
+                ScanMode::CustomOp => format!(
+                    "{}::{} v{}",
+                    gm_ops::spec::DOMAIN,
+                    gm_ops::spec::OP_TYPE,
+                    gm_ops::spec::OPSET_VERSION
+                ),
+                ScanMode::Portable { .. } => scan_name(opts.scan),
+            }
         ),
         graph: Some(graph),
-        opset_import: vec![
-            OperatorSetIdProto {
-                domain: String::new(),
-                version: ONNX_OPSET,
-            },
-            OperatorSetIdProto {
-                domain: gm_ops::spec::DOMAIN.to_string(),
-                version: gm_ops::spec::OPSET_VERSION,
-            },
-        ],
+        opset_import,
         metadata_props: meta
             .into_iter()
             .map(|(key, value)| StringStringEntryProto { key, value })
             .collect(),
         functions: vec![],
+    }
+}
+
+pub fn scan_name(scan: ScanMode) -> String {
+    match scan {
+        ScanMode::CustomOp => "custom-op".to_string(),
+        ScanMode::Portable { chunk } => format!("portable (chunk {chunk})"),
     }
 }
 

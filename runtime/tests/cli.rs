@@ -25,6 +25,7 @@ fn model(dir: &std::path::Path) -> PathBuf {
         debug_outputs: false,
         allow_nonfinite: false,
         precision: gm_converter::onnx::FloatType::F32,
+        scan: gm_converter::model::emit::ScanMode::CustomOp,
         out: out.clone(),
     })
     .unwrap();

@@ -57,6 +57,7 @@ fn check_case(case: &str) {
         debug_outputs: true,
         allow_nonfinite: false,
         precision: gm_converter::onnx::FloatType::F32,
+        scan: gm_converter::model::emit::ScanMode::CustomOp,
         out: out.clone(),
     })
     .unwrap();
@@ -138,6 +139,7 @@ fn check_fp16_case(case: &str) {
         debug_outputs: false,
         allow_nonfinite: false,
         precision: gm_converter::onnx::FloatType::F16,
+        scan: gm_converter::model::emit::ScanMode::CustomOp,
         out: out.clone(),
     })
     .unwrap();

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use gm_converter::export::{export, ExportError, ExportOptions};
+use gm_converter::model::emit::ScanMode;
 use gm_converter::model::params::expected_tensors;
 use gm_converter::model::{GroupMamba, ModelConfig};
 use gm_converter::onnx::FloatType;
@@ -47,7 +48,17 @@ struct Args {
     /// the scan's state and its per-channel parameters stay FP32).
     #[arg(long, value_parser = ["fp32", "fp16"], default_value = "fp32")]
     precision: String,
+    /// How the selective scan is written: `custom` (one ai.groupmamba::SelectiveScan node per
+    /// layer; needs our op in the runtime) or `portable` (standard ONNX operators only).
+    #[arg(long, value_parser = ["custom", "portable"], default_value = "custom")]
+    scan: String,
+    /// Chunk length of the portable scan's closed form.
+    #[arg(long, default_value_t = DEFAULT_CHUNK)]
+    scan_chunk: usize,
 }
+
+/// Portable-scan chunk length (see benchmarks/).
+const DEFAULT_CHUNK: usize = 16;
 
 fn main() -> ExitCode {
     match run() {
@@ -81,6 +92,12 @@ fn run() -> Result<()> {
         width: args.width,
         debug_outputs: args.debug_outputs,
         allow_nonfinite: args.allow_nonfinite,
+        scan: match args.scan.as_str() {
+            "portable" => ScanMode::Portable {
+                chunk: args.scan_chunk,
+            },
+            _ => ScanMode::CustomOp,
+        },
         precision: if args.precision == "fp16" {
             FloatType::F16
         } else {

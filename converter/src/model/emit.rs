@@ -19,6 +19,15 @@ pub struct DebugOutput {
     pub dims: Vec<usize>,
 }
 
+/// How the selective scan is expressed in the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanMode {
+    /// One `ai.groupmamba::SelectiveScan` node per layer (needs the op in the runtime).
+    CustomOp,
+    /// Standard ONNX operators only: the exact chunked closed form with chunks of `chunk` steps.
+    Portable { chunk: usize },
+}
+
 pub struct Emitter<'w> {
     pub g: GraphBuilder,
     weights: &'w BTreeMap<String, Tensor>,
@@ -28,6 +37,7 @@ pub struct Emitter<'w> {
     pub float: FloatType,
     debug: bool,
     pub debug_outputs: Vec<DebugOutput>,
+    pub scan: ScanMode,
 }
 
 impl<'w> Emitter<'w> {
@@ -44,6 +54,7 @@ impl<'w> Emitter<'w> {
             float,
             debug,
             debug_outputs: Vec::new(),
+            scan: ScanMode::CustomOp,
         }
     }
 

@@ -10,18 +10,24 @@
 //! depthwise convolution, and a single `SelectiveScan` node scans all four groups, each in its own
 //! direction, straight from the row-major feature map (no permuted copies).
 
-use gm_ops::spec::{DOMAIN, OP_TYPE};
+use gm_ops::spec::{Direction, DOMAIN, OP_TYPE};
 
 use super::config::{LayerDims, GROUPS};
-use super::emit::Emitter;
+use super::emit::{Emitter, ScanMode};
 use super::params::{Init, Params};
-use crate::onnx::{Attr, Value};
+use super::portable_scan::{self, PortableScanInputs};
+use crate::onnx::{Attr, FloatType, Value};
 use crate::tensor::Tensor;
 
 /// LayerNorm eps inside the layer (`attn.norm`, SS2D `out_norm`): plain `nn.LayerNorm`.
 const LAYER_NORM_EPS: f32 = 1e-5;
-/// Scan direction of group k (0-based), in the op's numbering: → ↓ ← ↑.
-const DIRECTIONS: [i64; GROUPS] = [0, 1, 2, 3];
+/// Scan direction of group k (0-based): → ↓ ← ↑ (`mamba_g1` … `mamba_g4`).
+const DIRECTIONS: [Direction; GROUPS] = [
+    Direction::RowMajor,
+    Direction::ColumnMajor,
+    Direction::RowMajorReversed,
+    Direction::ColumnMajorReversed,
+];
 
 pub struct GroupMambaLayer {
     pub dims: LayerDims,
@@ -136,11 +142,6 @@ impl GroupMambaLayer {
         });
         let delta = e.g.op("MatMul", &[&w_dt, &dts], &[]);
 
-        let map = [0, ci, h as i64, w as i64];
-        let rows_map = [0, g, h as i64, w as i64];
-        let delta = e.reshape(&delta, &map);
-        let b_rows = e.reshape(&b_rows, &rows_map);
-        let c_rows = e.reshape(&c_rows, &rows_map);
         let a = concat(e, |e, k| {
             group(e, k, |e| {
                 let logs = e.tensor("A_logs");
@@ -149,23 +150,48 @@ impl GroupMambaLayer {
         });
         let ds = concat(e, |e, k| group(e, k, |e| e.tensor("Ds").clone()));
         let dt_bias = concat(e, |e, k| group(e, k, |e| flat(e.tensor("dt_projs_bias"))));
-        // The scan's per-channel parameters stay f32 whatever the activation type.
-        let a = e.g.initializer("A", &a, crate::onnx::FloatType::F32);
-        let ds = e.g.initializer("D", &ds, crate::onnx::FloatType::F32);
-        let dt_bias =
-            e.g.initializer("delta_bias", &dt_bias, crate::onnx::FloatType::F32);
-        let y =
-            e.g.node(
-                DOMAIN,
-                OP_TYPE,
-                &[&u, &delta, &a, &b_rows, &c_rows, &ds, &dt_bias],
-                1,
-                &[("directions", Attr::Ints(DIRECTIONS.to_vec()))],
-            )
-            .remove(0);
+
+        // The scans of the four groups: y (B, G, d, L), row-major spatial order.
+        let y = match e.scan {
+            ScanMode::CustomOp => {
+                let map = [0, ci, h as i64, w as i64];
+                let rows_map = [0, g, h as i64, w as i64];
+                let delta = e.reshape(&delta, &map);
+                let b_rows = e.reshape(&b_rows, &rows_map);
+                let c_rows = e.reshape(&c_rows, &rows_map);
+                // The op's per-channel parameters are f32 whatever the activation type.
+                let a = e.g.initializer("A", &a, FloatType::F32);
+                let ds = e.g.initializer("D", &ds, FloatType::F32);
+                let dt_bias = e.g.initializer("delta_bias", &dt_bias, FloatType::F32);
+                let y =
+                    e.g.node(
+                        DOMAIN,
+                        OP_TYPE,
+                        &[&u, &delta, &a, &b_rows, &c_rows, &ds, &dt_bias],
+                        1,
+                        &[(
+                            "directions",
+                            Attr::Ints(DIRECTIONS.map(Direction::as_i64).to_vec()),
+                        )],
+                    )
+                    .remove(0);
+                e.reshape(&y, &[0, g, di, l])
+            }
+            ScanMode::Portable { chunk } => {
+                let inputs = PortableScanInputs {
+                    u: &ug,
+                    delta: &delta,
+                    b_rows: &b_rows,
+                    c_rows: &c_rows,
+                    a: &a,
+                    d: &ds,
+                    delta_bias: &dt_bias,
+                };
+                portable_scan::emit(e, inputs, &DIRECTIONS, d, (h, w), chunk)
+            }
+        };
 
         // out_norm (per group, over d), z gate, out_proj — on (B, G, L, d).
-        let y = e.reshape(&y, &[0, g, di, l]);
         let y = e.transpose(&y, &[0, 1, 3, 2]);
         let ones = e.constant("out_norm_unit_scale", &Tensor::new(vec![d], vec![1.0; d]));
         let y = e.g.op(

@@ -7,6 +7,7 @@ pub mod emit;
 pub mod layer;
 pub mod network;
 pub mod params;
+pub mod portable_scan;
 
 pub use config::ModelConfig;
 pub use network::GroupMamba;

@@ -176,6 +176,18 @@ impl GraphBuilder {
         v
     }
 
+    /// A 0-D int64 constant (e.g. CumSum's axis).
+    pub fn int_scalar(&mut self, value: i64) -> Value {
+        let name = self.unique_global(&format!("const_i64_scalar_{value}"));
+        self.graph.initializer.push(TensorProto {
+            dims: vec![],
+            data_type: DataType::Int64 as i32,
+            name: name.clone(),
+            raw_data: value.to_le_bytes().to_vec(),
+        });
+        Value(name)
+    }
+
     /// A scalar float constant (shape []); identical constants are shared.
     pub fn scalar(&mut self, value: f32, ty: FloatType) -> Value {
         if let Some(v) = self.float_constants.get(&(value.to_bits(), ty)) {
