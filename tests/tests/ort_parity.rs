@@ -74,6 +74,7 @@ fn check_case(case: &str) {
         debug_outputs: true,
         allow_nonfinite: false,
         precision: gm_converter::onnx::FloatType::F32,
+        scan: gm_converter::model::emit::ScanMode::CustomOp,
         out: out.clone(),
     })
     .unwrap();
