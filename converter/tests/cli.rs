@@ -34,8 +34,14 @@ fn export(out: &Path, extra: &[&str]) -> (bool, String) {
         out.display().to_string(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    let o = Command::new(env!("CARGO_BIN_EXE_gm-export")).args(&args).output().unwrap();
-    (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    let o = Command::new(env!("CARGO_BIN_EXE_gm-export"))
+        .args(&args)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 fn assert_fails(out: &Path, extra: &[&str], needles: &[&str]) {
@@ -44,7 +50,11 @@ fn assert_fails(out: &Path, extra: &[&str], needles: &[&str]) {
     for n in needles {
         assert!(stderr.contains(n), "stderr should mention {n:?}:\n{stderr}");
     }
-    assert!(!out.exists(), "no output may be written on error ({})", out.display());
+    assert!(
+        !out.exists(),
+        "no output may be written on error ({})",
+        out.display()
+    );
     let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap())
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -77,7 +87,10 @@ fn output_folder_must_exist() {
     let out = dir.join("missing/sub/m.onnx");
     let (ok, stderr) = export(&out, &[]);
     assert!(!ok);
-    assert!(stderr.contains("--out") && stderr.contains("does not exist"), "{stderr}");
+    assert!(
+        stderr.contains("--out") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
     assert!(!dir.join("missing").exists());
 }
 
@@ -87,7 +100,14 @@ fn impossible_input_sizes_are_refused() {
     let config = fixture().join("config.json");
     for (flag, value) in [("--height", "0"), ("--width", "100000")] {
         let o = Command::new(env!("CARGO_BIN_EXE_gm-export"))
-            .args(["--config", config.to_str().unwrap(), flag, value, "--out", out.to_str().unwrap()])
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                flag,
+                value,
+                "--out",
+                out.to_str().unwrap(),
+            ])
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&o.stderr);
@@ -102,14 +122,24 @@ fn checkpoint_of_another_variant_is_refused_with_key_and_shapes() {
     let out = scratch("variant").join("m.onnx");
     let ckpt = fixture_checkpoint();
     let o = Command::new(env!("CARGO_BIN_EXE_gm-export"))
-        .args(["--variant", "tiny", "--checkpoint", ckpt.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args([
+            "--variant",
+            "tiny",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     // The stem width differs (16 vs 32): that key must be named with both shapes.
     assert!(stderr.contains("patch_embed1.conv.0.weight"), "{stderr}");
-    assert!(stderr.contains("[32, 3, 7, 7]") && stderr.contains("[16, 3, 7, 7]"), "{stderr}");
+    assert!(
+        stderr.contains("[32, 3, 7, 7]") && stderr.contains("[16, 3, 7, 7]"),
+        "{stderr}"
+    );
     assert!(!out.exists());
 }
 
@@ -121,11 +151,19 @@ fn truncated_and_non_zip_and_legacy_files_are_refused() {
 
     let truncated = dir.join("truncated.pth");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    assert_fails(&out, &["--checkpoint", truncated.to_str().unwrap()], &["truncated.pth", "truncated"]);
+    assert_fails(
+        &out,
+        &["--checkpoint", truncated.to_str().unwrap()],
+        &["truncated.pth", "truncated"],
+    );
 
     let garbage = dir.join("garbage.pth");
     std::fs::write(&garbage, b"this is not a checkpoint at all").unwrap();
-    assert_fails(&out, &["--checkpoint", garbage.to_str().unwrap()], &["garbage.pth", "not a zip"]);
+    assert_fails(
+        &out,
+        &["--checkpoint", garbage.to_str().unwrap()],
+        &["garbage.pth", "not a zip"],
+    );
 
     // A legacy torch.save stream: pickle protocol 2, then the magic number as a long.
     let legacy = dir.join("legacy.pth");
@@ -133,10 +171,18 @@ fn truncated_and_non_zip_and_legacy_files_are_refused() {
     data.extend_from_slice(&[0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19]);
     data.extend_from_slice(b".");
     std::fs::write(&legacy, &data).unwrap();
-    assert_fails(&out, &["--checkpoint", legacy.to_str().unwrap()], &["legacy.pth", "legacy"]);
+    assert_fails(
+        &out,
+        &["--checkpoint", legacy.to_str().unwrap()],
+        &["legacy.pth", "legacy"],
+    );
 
     let missing = dir.join("missing.pth");
-    assert_fails(&out, &["--checkpoint", missing.to_str().unwrap()], &["missing.pth", "not found"]);
+    assert_fails(
+        &out,
+        &["--checkpoint", missing.to_str().unwrap()],
+        &["missing.pth", "not found"],
+    );
 }
 
 #[test]
@@ -149,19 +195,36 @@ fn non_finite_weights_are_refused_unless_allowed() {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = ckpt
         .tensors
         .iter()
-        .map(|(k, t)| (k.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape.clone()))
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                t.shape.clone(),
+            )
+        })
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
         .iter()
         .map(|(k, b, s)| {
-            (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
         })
         .collect();
     let path = dir.join("with_nan.safetensors");
     safetensors::tensor::serialize_to_file(views, None, &path).unwrap();
 
-    assert_fails(&out, &["--checkpoint", path.to_str().unwrap()], &["with_nan.safetensors", key]);
-    let (ok, stderr) = export(&out, &["--checkpoint", path.to_str().unwrap(), "--allow-nonfinite"]);
+    assert_fails(
+        &out,
+        &["--checkpoint", path.to_str().unwrap()],
+        &["with_nan.safetensors", key],
+    );
+    let (ok, stderr) = export(
+        &out,
+        &["--checkpoint", path.to_str().unwrap(), "--allow-nonfinite"],
+    );
     assert!(ok, "{stderr}");
     assert!(out.exists());
 }
