@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use gm_converter::export::{export, ExportOptions};
+use gm_converter::model::emit::ScanMode;
 use gm_converter::model::ModelConfig;
 use gm_runtime::backend::tract::TractBackend;
 use gm_runtime::backend::{Backend, HostTensor};
@@ -38,7 +39,7 @@ fn max_abs(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn check_case(case: &str) {
+fn check_case(case: &str, scan: ScanMode) {
     let dir = parity_root().join(case);
     let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
     let checkpoint = std::fs::read_dir(&dir)
@@ -47,7 +48,7 @@ fn check_case(case: &str) {
         .find(|p| p.extension().is_some_and(|e| e == "pth"))
         .expect("fixture checkpoint");
     let (in_shape, in_data) = npy::read_f32(&dir.join("input.npy")).unwrap();
-    let out = scratch_dir(case).join("model.onnx");
+    let out = scratch_dir(&format!("{case}-{scan:?}")).join("model.onnx");
     let report = export(&ExportOptions {
         config,
         checkpoint: Some(checkpoint),
@@ -57,7 +58,7 @@ fn check_case(case: &str) {
         debug_outputs: true,
         allow_nonfinite: false,
         precision: gm_converter::onnx::FloatType::F32,
-        scan: gm_converter::model::emit::ScanMode::CustomOp,
+        scan,
         out: out.clone(),
     })
     .unwrap();
@@ -110,12 +111,24 @@ fn check_case(case: &str) {
 
 #[test]
 fn custom_64x64_matches_official_logits_and_intermediates() {
-    check_case("custom-64x64");
+    check_case("custom-64x64", ScanMode::CustomOp);
 }
 
 #[test]
 fn custom_72x100_odd_non_square_matches_official() {
-    check_case("custom-72x100");
+    check_case("custom-72x100", ScanMode::CustomOp);
+}
+
+/// The portable export (standard ONNX ops only) must match the official model as closely.
+#[test]
+fn custom_64x64_portable_scan_matches_official() {
+    check_case("custom-64x64", ScanMode::Portable { chunk: 16 });
+}
+
+#[test]
+fn custom_72x100_portable_scan_matches_official() {
+    // A chunk that divides no sequence length: padding and three levels of carries.
+    check_case("custom-72x100", ScanMode::Portable { chunk: 7 });
 }
 
 /// FP16 export (weights and activations FP16, scan state FP32) through tract: logits must keep
