@@ -14,6 +14,8 @@ python3 -m pip install -q --disable-pip-version-check -r scripts/requirements-te
 mkdir -p target
 # --nocapture: the parity tests print the max abs error of every compared tensor.
 export GM_REQUIRE_ORT=1
+# The custom-op library first: a Rust test loads it with with_operator_library.
+cargo build -q -p gm-ort-library
 cargo test --workspace --no-fail-fast -- --nocapture 2>&1 | tee target/test-output.log
 
 cargo build -q -p gm-converter --bin gm-export
@@ -26,11 +28,12 @@ for case in custom-64x64 custom-72x100; do
   set -- $hw
   target/debug/gm-export --config "$dir/config.json" --checkpoint "$dir"/*.pth \
     --height "$1" --width "$2" --out "$out/$case.onnx"
+  target/debug/gm-export --config "$dir/config.json" --checkpoint "$dir"/*.pth \
+    --height "$1" --width "$2" --scan portable --out "$out/$case-portable.onnx"
 done
 python3 scripts/check_onnx.py "$out"/*.onnx
 
 # The custom-op library through Python onnxruntime.
-cargo build -q -p gm-ort-library
 lib=target/debug/libgroupmamba_ops.so
 models=(--model custom-64x64="$out/custom-64x64.onnx" --model custom-72x100="$out/custom-72x100.onnx")
 python3 scripts/ort_python_parity.py --library "$lib" "${models[@]}"
@@ -40,4 +43,9 @@ if [ ! -d "$old/onnxruntime" ]; then
   python3 -m pip install -q --disable-pip-version-check --target "$old" onnxruntime==1.19.2
 fi
 PYTHONPATH="$old" python3 scripts/ort_python_parity.py --library "$lib" "${models[@]}"
+# The portable exports in runtimes with no custom op loaded: ONNX Runtime CPU and OpenVINO.
+python3 scripts/portable_parity.py --fixtures ../shared/parity \
+  --model custom-64x64="$out/custom-64x64-portable.onnx" \
+  --model custom-72x100="$out/custom-72x100-portable.onnx" \
+  --custom-op-model "$out/custom-64x64.onnx"
 echo "all tests passed"
