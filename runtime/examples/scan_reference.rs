@@ -12,7 +12,11 @@ use gm_ops::{selective_scan_to_vec, Direction, ScanInputs, ScanShape};
 use gm_runtime::npy::{read_f32, write_f32};
 
 fn main() -> Result<()> {
-    let dir = PathBuf::from(std::env::args().nth(1).context("usage: scan_reference DIR")?);
+    let dir = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .context("usage: scan_reference DIR")?,
+    );
     let load = |name: &str| read_f32(dir.join(format!("{name}.npy")));
     let (u_shape, u) = load("u")?;
     let (_, delta) = load("delta")?;
@@ -30,7 +34,15 @@ fn main() -> Result<()> {
         height: u_shape[2],
         width: u_shape[3],
     };
-    let inputs = ScanInputs { u: &u, delta: &delta, a: &a, b: &b, c: &c, d: &d, delta_bias: &delta_bias };
+    let inputs = ScanInputs {
+        u: &u,
+        delta: &delta,
+        a: &a,
+        b: &b,
+        c: &c,
+        d: &d,
+        delta_bias: &delta_bias,
+    };
     let y = selective_scan_to_vec(&shape, &directions, inputs)?;
     write_f32(dir.join("y_ref.npy"), &u_shape, &y)?;
     Ok(())
