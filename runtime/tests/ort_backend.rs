@@ -132,13 +132,17 @@ fn random(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
         .collect()
 }
 
-#[test]
-fn one_node_model_matches_the_cpu_kernel() {
-    let Some(rt) = ort_or_skip("one_node_model_matches_the_cpu_kernel") else {
-        return;
-    };
-    // Big enough that the kernel is split into several tasks per group (ORT's thread pool);
-    // odd, non-square map; all four directions; batch 2.
+/// A one-node model big enough that the kernel is split into several tasks per group (ORT's
+/// thread pool): odd, non-square map, all four directions, batch 2; its inputs and the CPU
+/// kernel's output.
+struct OneNode {
+    shape: ScanShape,
+    bytes: Vec<u8>,
+    inputs: [Vec<f32>; 7],
+    expected: Vec<f32>,
+}
+
+fn one_node() -> OneNode {
     let shape = ScanShape {
         batch: 2,
         channels: 256,
@@ -153,24 +157,25 @@ fn one_node_model_matches_the_cpu_kernel() {
         .collect();
     let nchw = shape.batch * shape.channels * shape.seq_len();
     let ngwh = shape.batch * shape.groups * shape.seq_len();
-    let u = random(1, nchw, -2.0, 2.0);
-    let delta = random(2, nchw, -4.0, 3.0);
-    let a = random(3, shape.channels, -3.0, -0.05);
-    let b = random(4, ngwh, -1.5, 1.5);
-    let c = random(5, ngwh, -1.5, 1.5);
-    let d = random(6, shape.channels, -1.0, 1.0);
-    let bias = random(7, shape.channels, -1.0, 1.0);
-    let inputs = ScanInputs {
-        u: &u,
-        delta: &delta,
-        a: &a,
-        b: &b,
-        c: &c,
-        d: &d,
-        delta_bias: &bias,
+    let inputs = [
+        random(1, nchw, -2.0, 2.0),
+        random(2, nchw, -4.0, 3.0),
+        random(3, shape.channels, -3.0, -0.05),
+        random(4, ngwh, -1.5, 1.5),
+        random(5, ngwh, -1.5, 1.5),
+        random(6, shape.channels, -1.0, 1.0),
+        random(7, shape.channels, -1.0, 1.0),
+    ];
+    let scan_inputs = ScanInputs {
+        u: &inputs[0],
+        delta: &inputs[1],
+        a: &inputs[2],
+        b: &inputs[3],
+        c: &inputs[4],
+        d: &inputs[5],
+        delta_bias: &inputs[6],
     };
-    let expected = selective_scan_to_vec(&shape, &directions, inputs).unwrap();
-
+    let expected = selective_scan_to_vec(&shape, &directions, scan_inputs).unwrap();
     let bytes = scan_model(
         shape.channels as i64,
         shape.height as i64,
@@ -178,37 +183,95 @@ fn one_node_model_matches_the_cpu_kernel() {
         &dirs,
         1,
     );
-    let mut session = ort_backend::session_builder(rt)
-        .unwrap()
-        .commit_from_memory(&bytes)
-        .unwrap();
-    let dims = |s: Vec<usize>| s;
-    let t = |data: &[f32], s: Vec<usize>| {
-        ort::value::Tensor::from_array((dims(s), data.to_vec())).unwrap()
-    };
-    let x = [shape.batch, shape.channels, shape.height, shape.width].to_vec();
-    let g = [shape.batch, shape.groups, shape.height, shape.width].to_vec();
+    OneNode {
+        shape,
+        bytes,
+        inputs,
+        expected,
+    }
+}
+
+/// Runs `case` in `session`; returns the max abs difference from the CPU kernel.
+fn run_one_node(session: &mut ort::session::Session, case: &OneNode) -> f32 {
+    let shape = &case.shape;
+    let x = vec![shape.batch, shape.channels, shape.height, shape.width];
+    let g = vec![shape.batch, shape.groups, shape.height, shape.width];
     let ch = vec![shape.channels];
+    let t = |ix: usize, s: &Vec<usize>| {
+        ort::value::Tensor::from_array((s.clone(), case.inputs[ix].clone())).unwrap()
+    };
     let outputs = session
         .run(ort::inputs![
-            "u" => t(&u, x.clone()),
-            "delta" => t(&delta, x.clone()),
-            "A" => t(&a, ch.clone()),
-            "B" => t(&b, g.clone()),
-            "C" => t(&c, g),
-            "D" => t(&d, ch.clone()),
-            "delta_bias" => t(&bias, ch),
+            "u" => t(0, &x),
+            "delta" => t(1, &x),
+            "A" => t(2, &ch),
+            "B" => t(3, &g),
+            "C" => t(4, &g),
+            "D" => t(5, &ch),
+            "delta_bias" => t(6, &ch),
         ])
         .unwrap();
     let (out_shape, y) = outputs["y"].try_extract_tensor::<f32>().unwrap();
-    assert_eq!(**out_shape, [2, 256, 37, 45]);
-    let err = y
-        .iter()
-        .zip(&expected)
+    let out_dims: Vec<usize> = out_shape.iter().map(|&d| d as usize).collect();
+    assert_eq!(out_dims, x);
+    y.iter()
+        .zip(&case.expected)
         .map(|(p, q)| (p - q).abs())
-        .fold(0.0f32, f32::max);
-    println!("one-node SelectiveScan through ONNX Runtime vs CPU kernel: max abs err {err:e}");
+        .fold(0.0f32, f32::max)
+}
+
+#[test]
+fn one_node_model_matches_the_cpu_kernel() {
+    let Some(rt) = ort_or_skip("one_node_model_matches_the_cpu_kernel") else {
+        return;
+    };
+    let case = one_node();
+    let mut session = ort_backend::session_builder(rt)
+        .unwrap()
+        .commit_from_memory(&case.bytes)
+        .unwrap();
+    let err = run_one_node(&mut session, &case);
+    println!(
+        "one-node SelectiveScan, op registered in-process, vs CPU kernel: max abs err {err:e}"
+    );
     // Same kernel, same order of operations: identical results.
+    assert_eq!(err, 0.0);
+}
+
+#[test]
+fn custom_op_library_works_through_with_operator_library() {
+    let Some(rt) = ort_or_skip("custom_op_library_works_through_with_operator_library") else {
+        return;
+    };
+    let library = std::env::var_os("GM_ORT_LIBRARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/libgroupmamba_ops.so")
+        });
+    if !library.is_file() {
+        let message = format!(
+            "{} is not built (cargo build -p gm-ort-library; or set GM_ORT_LIBRARY)",
+            library.display()
+        );
+        assert!(
+            std::env::var("GM_REQUIRE_ORT").as_deref() != Ok("1"),
+            "GM_REQUIRE_ORT=1: {message}"
+        );
+        println!("SKIPPED: {message}");
+        return;
+    }
+    let case = one_node();
+    let mut session = ort::session::Session::builder(rt.environment())
+        .unwrap()
+        .with_operator_library(&library)
+        .unwrap()
+        .commit_from_memory(&case.bytes)
+        .unwrap();
+    let err = run_one_node(&mut session, &case);
+    println!(
+        "one-node SelectiveScan through {} (with_operator_library) vs CPU kernel: max abs err {err:e}",
+        library.display()
+    );
     assert_eq!(err, 0.0);
 }
 
@@ -325,6 +388,7 @@ fn small_model(dir: &Path) -> (PathBuf, PathBuf) {
         debug_outputs: false,
         allow_nonfinite: false,
         precision: gm_converter::onnx::FloatType::F32,
+        scan: gm_converter::model::emit::ScanMode::CustomOp,
         out: out.clone(),
     })
     .unwrap();

@@ -533,8 +533,18 @@ impl OrtBackend {
         Self::load_in(rt, path)
     }
 
-    /// Loads `path` in `rt`.
+    /// Loads `path` in `rt`, with ONNX Runtime's default intra-op thread count.
     pub fn load_in(rt: &'static OrtRuntime, path: &Path) -> Result<Self, BackendError> {
+        Self::load_with(rt, path, None)
+    }
+
+    /// Loads `path` in `rt`; `intra_threads` sets the session's intra-op thread count (ONNX
+    /// Runtime's default, one per physical core, when `None`).
+    pub fn load_with(
+        rt: &'static OrtRuntime,
+        path: &Path,
+        intra_threads: Option<usize>,
+    ) -> Result<Self, BackendError> {
         let load_err = |message: String| BackendError::Load {
             path: path.display().to_string(),
             message,
@@ -542,6 +552,12 @@ impl OrtBackend {
         let bytes = std::fs::read(path).map_err(|e| load_err(e.to_string()))?;
         check_custom_opset(path, &bytes)?;
         let session = session_builder(rt)
+            .and_then(|b| match intra_threads {
+                Some(n) => b
+                    .with_intra_threads(n)
+                    .map_err(|e| ort::Error::new(e.to_string())),
+                None => Ok(b),
+            })
             .and_then(|mut b| {
                 b.commit_from_memory(&bytes)
                     .map_err(|e| ort::Error::new(e.to_string()))

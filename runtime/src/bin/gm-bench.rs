@@ -1,0 +1,137 @@
+//! gm-bench: latency and throughput of an exported model on CPU, through tract or ONNX Runtime.
+//!
+//! Loads the model once per backend, runs `--warmup` untimed batches, then `--iters` timed ones
+//! on a fixed pseudo-random input, and prints one JSON object per (backend, batch) on stdout:
+//! median/min/p90 latency in ms and throughput (images/s = batch / median). Used by
+//! scripts/bench_cpu.py, which adds machine information and writes benchmarks/*.json.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+use gm_runtime::backend::ort::{self as ort_backend, OrtBackend};
+use gm_runtime::backend::tract::TractBackend;
+use gm_runtime::backend::{Backend, HostTensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Which {
+    Tract,
+    Ort,
+}
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Benchmark an exported GroupMamba model on CPU")]
+struct Args {
+    /// Exported model (.onnx from gm-export), dynamic batch.
+    #[arg(long)]
+    model: PathBuf,
+    /// Backend(s) to time, in order.
+    #[arg(long, value_enum, num_args = 1.., default_values_t = [Which::Tract, Which::Ort])]
+    backend: Vec<Which>,
+    /// Batch sizes.
+    #[arg(long, num_args = 1.., default_values_t = [1usize, 8])]
+    batch: Vec<usize>,
+    /// Timed runs per (backend, batch).
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+    /// Untimed runs before timing.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// ONNX Runtime intra-op threads (default: ONNX Runtime's choice, one per physical core).
+    #[arg(long)]
+    ort_threads: Option<usize>,
+    /// Input height and width.
+    #[arg(long, default_value_t = 224)]
+    size: usize,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gm-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn input(batch: usize, size: usize) -> HostTensor {
+    let len = batch * 3 * size * size;
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let data = (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
+        })
+        .collect();
+    HostTensor {
+        shape: vec![batch, 3, size, size],
+        data,
+    }
+}
+
+fn run() -> Result<()> {
+    let args = Args::parse();
+    for which in &args.backend {
+        let started = Instant::now();
+        let (mut backend, detail): (Box<dyn Backend>, String) = match which {
+            Which::Tract => (
+                Box::new(TractBackend::load(&args.model)?),
+                "tract-onnx 0.23.9".into(),
+            ),
+            Which::Ort => {
+                let rt = ort_backend::runtime().context("--backend ort")?;
+                let backend = OrtBackend::load_with(rt, &args.model, args.ort_threads)?;
+                (Box::new(backend), rt.describe())
+            }
+        };
+        let load_s = started.elapsed().as_secs_f64();
+        for &batch in &args.batch {
+            let x = input(batch, args.size);
+            for _ in 0..args.warmup {
+                backend.run(&x)?;
+            }
+            let mut ms = Vec::with_capacity(args.iters);
+            for _ in 0..args.iters {
+                let t = Instant::now();
+                let out = backend.run(&x)?;
+                ms.push(t.elapsed().as_secs_f64() * 1e3);
+                std::hint::black_box(out);
+            }
+            ms.sort_by(f64::total_cmp);
+            let median = if ms.len() % 2 == 1 {
+                ms[ms.len() / 2]
+            } else {
+                (ms[ms.len() / 2 - 1] + ms[ms.len() / 2]) / 2.0
+            };
+            let p90 = ms[((ms.len() as f64 * 0.9).ceil() as usize).clamp(1, ms.len()) - 1];
+            let name = match which {
+                Which::Tract => "tract".to_string(),
+                Which::Ort => match args.ort_threads {
+                    Some(n) => format!("ort-rust ({n} intra-op threads)"),
+                    None => "ort-rust".to_string(),
+                },
+            };
+            println!(
+                "{{\"backend\": \"{name}\", \"runtime\": \"{}\", \"batch\": {batch}, \"size\": {}, \
+                 \"iters\": {}, \"warmup\": {}, \"median_ms\": {median:.3}, \"min_ms\": {:.3}, \
+                 \"p90_ms\": {p90:.3}, \"images_per_s\": {:.2}, \"load_s\": {load_s:.3}}}",
+                detail.replace('\\', "\\\\").replace('"', "\\\""),
+                args.size,
+                args.iters,
+                args.warmup,
+                ms[0],
+                batch as f64 / median * 1e3,
+            );
+            eprintln!(
+                "gm-bench: {name} batch {batch}: median {median:.1} ms, {:.1} images/s",
+                batch as f64 / median * 1e3
+            );
+        }
+    }
+    Ok(())
+}
