@@ -4,6 +4,7 @@
 #   2. the ONNX reference checker (full_check) on exported models: tiny at 224 and both fixtures,
 #   3. the custom-op library libgroupmamba_ops.so in Python onnxruntime: both fixtures' logits (newest
 #      onnxruntime from requirements-test.txt), and loading in the oldest supported wheel (1.19.2).
+#   4. gm-run classify: its image preprocessing against PIL + torchvision (scripts/preprocess_parity.py).
 # ONNX Runtime is required (GM_REQUIRE_ORT=1): the Rust ORT tests fail instead of skipping without it.
 # Needs ../shared/parity beside the checkout (the official-model fixtures).
 set -euo pipefail
@@ -48,4 +49,11 @@ python3 scripts/portable_parity.py --fixtures ../shared/parity \
   --model custom-64x64="$out/custom-64x64-portable.onnx" \
   --model custom-72x100="$out/custom-72x100-portable.onnx" \
   --custom-op-model "$out/custom-64x64.onnx"
+
+# gm-run classify's image preprocessing against PIL + torchvision's evaluation transform (max abs
+# difference per image, tolerance 1e-2), and its top-1 on the fixture checkpoints' models. Pillow is
+# pinned: 13.0 changed the order of its resampling passes for some sizes, which we follow.
+python3 -m pip install -q --disable-pip-version-check pillow==13.0.0
+cargo build -q -p gm-runtime --bin gm-run --example preprocess
+python3 scripts/preprocess_parity.py --model "$out/custom-64x64.onnx" --model "$out/custom-72x100.onnx"
 echo "all tests passed"

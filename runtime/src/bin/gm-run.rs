@@ -1,6 +1,10 @@
-//! gm-run: runs an exported GroupMamba model on a `.npy` batch.
+//! gm-run: runs an exported GroupMamba model on a `.npy` batch, or (`gm-run classify`) on image
+//! files.
 
-use std::path::PathBuf;
+#[path = "gm-run/classify_cli.rs"]
+mod classify_cli;
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -22,7 +26,11 @@ enum BackendChoice {
 }
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Run an exported GroupMamba model")]
+#[command(
+    version,
+    about = "Run an exported GroupMamba model",
+    after_help = "Image files: gm-run classify IMG… --model M.onnx [--topk 5] [--json] (see gm-run classify --help)"
+)]
 struct Args {
     /// Exported model (.onnx from gm-export).
     #[arg(long)]
@@ -38,8 +46,17 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
+    // `gm-run classify …` has arguments of its own; anything else is the `.npy` runner.
+    let result = if std::env::args_os().nth(1).is_some_and(|a| a == "classify") {
+        use clap::Parser as _;
+        classify_cli::run(classify_cli::ClassifyArgs::parse_from(
+            std::env::args_os().skip(1),
+        ))
+    } else {
+        run().map(|()| ExitCode::SUCCESS)
+    };
+    match result {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("gm-run: error: {e:#}");
             ExitCode::FAILURE
@@ -60,26 +77,7 @@ fn run() -> Result<()> {
     }
     let (shape, data) = npy::read_f32(&args.input)?;
     let started = Instant::now();
-    let mut backend: Box<dyn Backend> = match args.backend {
-        BackendChoice::Tract => Box::new(TractBackend::load(&args.model)?),
-        BackendChoice::Ort => {
-            let rt = ort_backend::runtime().context("--backend ort")?;
-            eprintln!("gm-run: using {}", rt.describe());
-            Box::new(OrtBackend::load_in(rt, &args.model)?)
-        }
-        BackendChoice::Auto => match ort_backend::runtime() {
-            Ok(rt) => {
-                eprintln!("gm-run: --backend auto: using ort, {}", rt.describe());
-                Box::new(OrtBackend::load_in(rt, &args.model)?)
-            }
-            Err(e) => {
-                eprintln!(
-                    "gm-run: --backend auto: using tract; ONNX Runtime is not available: {e}"
-                );
-                Box::new(TractBackend::load(&args.model)?)
-            }
-        },
-    };
+    let mut backend = load_cpu(args.backend, &args.model)?;
     let load_s = started.elapsed().as_secs_f64();
     check_input_shape(backend.input_shape(), &shape, &args.input, &args.model)?;
     let started = Instant::now();
@@ -97,4 +95,28 @@ fn run() -> Result<()> {
         logits.shape
     );
     Ok(())
+}
+
+/// The CPU backends: ONNX Runtime (`ort`), tract, or ONNX Runtime if it can be found else tract (`auto`).
+fn load_cpu(choice: BackendChoice, model: &Path) -> Result<Box<dyn Backend>> {
+    Ok(match choice {
+        BackendChoice::Tract => Box::new(TractBackend::load(model)?),
+        BackendChoice::Ort => {
+            let rt = ort_backend::runtime().context("--backend ort")?;
+            eprintln!("gm-run: using {}", rt.describe());
+            Box::new(OrtBackend::load_in(rt, model)?)
+        }
+        BackendChoice::Auto => match ort_backend::runtime() {
+            Ok(rt) => {
+                eprintln!("gm-run: --backend auto: using ort, {}", rt.describe());
+                Box::new(OrtBackend::load_in(rt, model)?)
+            }
+            Err(e) => {
+                eprintln!(
+                    "gm-run: --backend auto: using tract; ONNX Runtime is not available: {e}"
+                );
+                Box::new(TractBackend::load(model)?)
+            }
+        },
+    })
 }
