@@ -233,6 +233,8 @@ def main():
                     help="checkout of github.com/Amshaker/GroupMamba: also time the official PyTorch model on CPU "
                          "(needs torch; its CUDA scan is replaced by an exact pure-PyTorch scan)")
     ap.add_argument("--official-iters", type=int, default=3, help="timed runs of the (slow) official model")
+    ap.add_argument("--tract-profile-runs", type=int, default=1,
+                    help="profiled tract runs at batch 1 (per-op-type share of node time); 0 to skip")
     ap.add_argument("--skip-build", action="store_true", help="use the binaries already in target/release")
     ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "release"),
                     help="folder with gm-export, gm-bench and libgroupmamba_ops.so (default target/release)")
@@ -266,6 +268,15 @@ def main():
                     print(f"{r['backend']} batch {b}: median {r['median_ms']:.1f} ms, {r['images_per_s']:.1f} images/s",
                           file=sys.stderr, flush=True)
                     results.append(r)
+    tract_profile = None
+    if args.tract_profile_runs > 0:
+        out = sh([gm_bench, "--model", model, "--batch", "1", "--size", str(args.size), "--profile-tract",
+                  str(args.tract_profile_runs)], capture_output=True, text=True).stdout
+        tract_profile = next((json.loads(l) for l in out.splitlines() if l.startswith("{")), None)
+        if tract_profile:
+            top = dict(list(tract_profile["share_by_op_type"].items())[:12])
+            tract_profile["share_by_op_type"] = top
+            print("tract time by op type (batch 1):", json.dumps(top), file=sys.stderr)
     profile = None
     try:
         results += bench_ort_python(model, library, args.batches, args.size, args.iters, args.warmup)
@@ -318,6 +329,7 @@ def main():
         "results": results,
         "ratios": ratios,
         "ort_profile": profile,
+        "tract_profile": tract_profile,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

@@ -45,6 +45,10 @@ struct Args {
     /// Input height and width.
     #[arg(long, default_value_t = 224)]
     size: usize,
+    /// Instead of timing: run tract this many times at the first --batch, timing every node, and
+    /// print each op type's share of the node time (one JSON object).
+    #[arg(long)]
+    profile_tract: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -74,8 +78,66 @@ fn input(batch: usize, size: usize) -> HostTensor {
     }
 }
 
+/// Per-op-type time of tract's optimised plan: (op name, seconds, node evaluations), slowest first.
+fn profile_tract(args: &Args, runs: usize) -> Result<Vec<(String, f64, usize)>> {
+    use std::collections::HashMap;
+    use tract_onnx::prelude::*;
+    use tract_onnx::tract_core::plan::eval;
+
+    let mut onnx = tract_onnx::onnx();
+    gm_ops::tract_op::register(&mut onnx);
+    let plan = onnx
+        .model_for_path(&args.model)?
+        .into_optimized()?
+        .into_runnable()?;
+    let x = input(args.batch[0], args.size);
+    let tensor = Tensor::from_shape(&x.shape, &x.data)?;
+    let mut per_op: HashMap<String, (f64, usize)> = HashMap::new();
+    for _ in 0..runs {
+        let mut state = plan.spawn()?;
+        state.run_plan_with_eval(
+            tvec!(tensor.clone().into()),
+            |ctx, op_state, node, inputs| {
+                let started = Instant::now();
+                let out = eval(ctx, op_state, node, inputs);
+                let entry = per_op.entry(node.op().name().to_string()).or_default();
+                entry.0 += started.elapsed().as_secs_f64();
+                entry.1 += 1;
+                out
+            },
+        )?;
+    }
+    let mut ops: Vec<(String, f64, usize)> =
+        per_op.into_iter().map(|(k, (t, n))| (k, t, n)).collect();
+    ops.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(ops)
+}
+
 fn run() -> Result<()> {
     let args = Args::parse();
+    if let Some(runs) = args.profile_tract {
+        let ops = profile_tract(&args, runs.max(1))?;
+        let total: f64 = ops.iter().map(|o| o.1).sum::<f64>().max(1e-12);
+        let entries: Vec<String> = ops
+            .iter()
+            .map(|(op, t, n)| {
+                eprintln!(
+                    "gm-bench: tract {op:<24} {:5.1}%  {:9.1} ms/run  ({} evals/run)",
+                    100.0 * t / total,
+                    t * 1e3 / runs as f64,
+                    n / runs
+                );
+                format!("\"{}\": {:.4}", op.replace('"', "'"), t / total)
+            })
+            .collect();
+        println!(
+            "{{\"profile\": \"tract\", \"batch\": {}, \"runs\": {runs}, \"node_time_ms_per_run\": {:.1}, \"share_by_op_type\": {{{}}}}}",
+            args.batch[0],
+            total * 1e3 / runs as f64,
+            entries.join(", ")
+        );
+        return Ok(());
+    }
     for which in &args.backend {
         let started = Instant::now();
         let (mut backend, detail): (Box<dyn Backend>, String) = match which {
