@@ -47,7 +47,7 @@ fn check_case(case: &str, scan: ScanMode) {
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "pth"))
         .expect("fixture checkpoint");
-    let (in_shape, in_data) = npy::read_f32(&dir.join("input.npy")).unwrap();
+    let (in_shape, in_data) = npy::read_f32(dir.join("input.npy")).unwrap();
     let out = scratch_dir(&format!("{case}-{scan:?}")).join("model.onnx");
     let report = export(&ExportOptions {
         config,
