@@ -12,13 +12,22 @@
 //!   installed with `gm_ops::tract_op::register(&mut onnx)`;
 //! - `ort_op` (feature `ort`): the op for ONNX Runtime through the `ort` crate (CPU EP),
 //!   registered with `SessionBuilder::with_operators(gm_ops::ort_op::domain()?)`; the same op
-//!   ships as a custom-op library for any ONNX Runtime user (`plugins/ort-library`).
+//!   ships as a custom-op library for any ONNX Runtime user (`plugins/ort-library`);
+//! - `cuda` (feature `cuda`): the CUDA kernel (`cuda/selective_scan.cu`, built by build.rs with
+//!   nvcc and linked statically) behind a safe launch wrapper;
+//! - `ort_cuda_op` (features `ort` + `cuda`): the op for ONNX Runtime's CUDA execution provider
+//!   (float32, float16 and bfloat16 inputs, device pointers, the provider's compute stream),
+//!   added to `ort_op::domain()` next to the CPU op.
 //!
 //! Not covered yet: d_state N > 1 (GroupMamba uses N = 1), returning the last state,
 //! z-gating inside the op, float16/bfloat16 in the float32 CPU kernel (the tract adapter
 //! accepts float16 by converting at its boundary).
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[cfg(all(feature = "ort", feature = "cuda"))]
+pub mod ort_cuda_op;
 #[cfg(feature = "ort")]
 pub mod ort_op;
 pub mod spec;

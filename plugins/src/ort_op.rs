@@ -1,5 +1,6 @@
 //! `ai.groupmamba::SelectiveScan` for ONNX Runtime, on the `ort` crate's custom-operator API
-//! (CPU execution provider).
+//! (CPU execution provider; with the `cuda` feature [`domain`] also holds the CUDA execution
+//! provider's kernels from `crate::ort_cuda_op`).
 //!
 //! [`domain`] builds the `ai.groupmamba` operator domain; register it on a session with
 //! `SessionBuilder::with_operators(gm_ops::ort_op::domain()?)`, or let the custom-op library
@@ -44,8 +45,15 @@ const MIN_TASK_ELEMENTS: usize = 1 << 15;
 
 /// The `ai.groupmamba` domain with the `SelectiveScan` operator (version 1). ONNX Runtime keeps a pointer to the domain: it must outlive every session
 /// created with it (`SessionBuilder::with_operators` keeps it alive for its sessions).
+///
+/// With the `cuda` feature the domain also holds the CUDA execution provider's kernels
+/// ([`crate::ort_cuda_op`]: float32, float16, bfloat16), so a session with the CUDA EP runs the scan
+/// on the GPU; sessions without it keep using the CPU kernel.
 pub fn domain() -> ort::Result<OperatorDomain> {
-    OperatorDomain::new(DOMAIN)?.add(SelectiveScanOperator)
+    let domain = OperatorDomain::new(DOMAIN)?.add(SelectiveScanOperator)?;
+    #[cfg(feature = "cuda")]
+    let domain = crate::ort_cuda_op::add_to(domain)?;
+    Ok(domain)
 }
 
 fn float32_inputs() -> [OperatorInput; 7] {
@@ -57,7 +65,7 @@ fn float32_output() -> [OperatorOutput; 1] {
 }
 
 /// `SelectiveScan node "name"` for messages.
-fn label(node: &str) -> String {
+pub(crate) fn label(node: &str) -> String {
     if node.is_empty() {
         format!("{DOMAIN}::{OP_TYPE}")
     } else {
@@ -65,7 +73,7 @@ fn label(node: &str) -> String {
     }
 }
 
-fn fail(node: &str, message: impl std::fmt::Display) -> ort::Error {
+pub(crate) fn fail(node: &str, message: impl std::fmt::Display) -> ort::Error {
     ort::Error::new(format!("{}: {message}", label(node)))
 }
 
@@ -93,25 +101,37 @@ impl Operator for SelectiveScanOperator {
     }
 
     fn create_kernel<'attr>(&self, ctx: &KernelContext<'attr>) -> ort::Result<SelectiveScanKernel> {
-        let node = ctx.node_name().unwrap_or_default();
-        let inputs = ctx.inputs()?;
-        if inputs.len() != ScanInput::ALL.len() || inputs.iter().any(|i| i.name().is_empty()) {
-            let names: Vec<&str> = inputs.iter().map(|i| i.name()).collect();
-            return Err(fail(
+        let (node, directions) = parse_node(ctx)?;
+        Ok(SelectiveScanKernel { node, directions })
+    }
+
+    fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
+        infer_shape(ctx)
+    }
+}
+
+/// Checks a node when its kernel is created (7 named inputs, 1 output, `directions`) and returns
+/// its name and directions. Shared by the CPU and CUDA kernels.
+pub(crate) fn parse_node(ctx: &KernelContext<'_>) -> ort::Result<(String, Vec<Direction>)> {
+    let node = ctx.node_name().unwrap_or_default();
+    let inputs = ctx.inputs()?;
+    if inputs.len() != ScanInput::ALL.len() || inputs.iter().any(|i| i.name().is_empty()) {
+        let names: Vec<&str> = inputs.iter().map(|i| i.name()).collect();
+        return Err(fail(
                 &node,
                 format!(
                     "needs exactly 7 inputs (u, delta, A, B, C, D, delta_bias, all required), got {names:?}"
                 ),
             ));
-        }
-        let outputs = ctx.outputs()?;
-        if outputs.len() != 1 {
-            return Err(fail(
-                &node,
-                format!("has exactly one output (y), got {}", outputs.len()),
-            ));
-        }
-        let raw: Vec<i64> = ctx.get(ATTR_DIRECTIONS).ok_or_else(|| {
+    }
+    let outputs = ctx.outputs()?;
+    if outputs.len() != 1 {
+        return Err(fail(
+            &node,
+            format!("has exactly one output (y), got {}", outputs.len()),
+        ));
+    }
+    let raw: Vec<i64> = ctx.get(ATTR_DIRECTIONS).ok_or_else(|| {
             fail(
                 &node,
                 format!(
@@ -119,33 +139,33 @@ impl Operator for SelectiveScanOperator {
                 ),
             )
         })?;
-        let directions = Direction::parse_list(&raw).map_err(|e| fail(&node, e))?;
-        Ok(SelectiveScanKernel { node, directions })
-    }
+    let directions = Direction::parse_list(&raw).map_err(|e| fail(&node, e))?;
+    Ok((node, directions))
+}
 
-    fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
-        let inputs = ctx.inputs();
-        if inputs.len() != ScanInput::ALL.len() {
-            return Err(fail(
-                "",
-                format!(
-                    "needs exactly 7 inputs (u, delta, A, B, C, D, delta_bias), got {}",
-                    inputs.len()
-                ),
-            ));
-        }
-        // Check what is known now (ranks, fixed dimensions); the kernel checks the rest.
-        let mut shapes: Vec<Vec<i64>> = Vec::with_capacity(7);
-        for input in ScanInput::ALL {
-            let Some(shape) = inputs[input.index()].tensor_shape() else {
-                return Err(fail("", format!("input `{input}` must be a tensor")));
-            };
-            shapes.push(shape.to_vec());
-        }
-        check_known_shapes(&shapes).map_err(|e| fail("", e))?;
-        let u: &ValueType = &inputs[ScanInput::U.index()];
-        ctx.set_output(0, u)
+/// Shape inference shared by the CPU and CUDA operators: `y` gets `u`'s type and shape.
+pub(crate) fn infer_shape(ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
+    let inputs = ctx.inputs();
+    if inputs.len() != ScanInput::ALL.len() {
+        return Err(fail(
+            "",
+            format!(
+                "needs exactly 7 inputs (u, delta, A, B, C, D, delta_bias), got {}",
+                inputs.len()
+            ),
+        ));
     }
+    // Check what is known now (ranks, fixed dimensions); the kernel checks the rest.
+    let mut shapes: Vec<Vec<i64>> = Vec::with_capacity(7);
+    for input in ScanInput::ALL {
+        let Some(shape) = inputs[input.index()].tensor_shape() else {
+            return Err(fail("", format!("input `{input}` must be a tensor")));
+        };
+        shapes.push(shape.to_vec());
+    }
+    check_known_shapes(&shapes).map_err(|e| fail("", e))?;
+    let u: &ValueType = &inputs[ScanInput::U.index()];
+    ctx.set_output(0, u)
 }
 
 /// Checks the input shapes known at graph-build time (`-1` = unknown dimension; an empty

@@ -40,8 +40,10 @@ def build_official_scan(checkout, build_dir):
     from torch.utils.cpp_extension import load
     src = os.path.join(checkout, "kernels", "selective_scan", "csrc", "selective_scan")
     compat = os.path.join(build_dir, "cub_compat.h")
-    with open(compat, "w") as f:
-        f.write(COMPAT_HEADER)
+    # Rewrite only when it differs: a fresh mtime would make ninja rebuild a finished --build-dir.
+    if not os.path.exists(compat) or open(compat).read() != COMPAT_HEADER:
+        with open(compat, "w") as f:
+            f.write(COMPAT_HEADER)
     major, minor = torch.cuda.get_device_capability()
     return load(
         name="selective_scan_cuda_core",
@@ -111,8 +113,17 @@ def main():
     ap.add_argument("--batches", default="1,8,32,128")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--out")
+    ap.add_argument("--build-dir", help="where the CUDA scan is built (kept: a later run with the same folder reuses it)")
+    ap.add_argument("--build-only", action="store_true", help="build the CUDA scan into --build-dir and exit")
     args = ap.parse_args()
-    build_dir = tempfile.mkdtemp(prefix="gm-official-")
+    if args.build_dir:
+        os.makedirs(args.build_dir, exist_ok=True)
+    build_dir = args.build_dir or tempfile.mkdtemp(prefix="gm-official-")
+    if args.build_only:
+        t0 = time.time()
+        build_official_scan(args.official, build_dir)
+        print(f"official scan built in {time.time() - t0:.0f} s in {build_dir}", flush=True)
+        return
     t0 = time.time()
     model = load_official(args.official, args.variant, args.scan, build_dir).cuda().eval()
     build_s = time.time() - t0

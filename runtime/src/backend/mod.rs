@@ -1,6 +1,7 @@
 //! Execution backends: one trait, one implementation per runtime.
 
 pub mod ort;
+pub mod ort_cuda;
 pub mod tract;
 
 use std::path::Path;

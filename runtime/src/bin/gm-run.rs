@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use gm_runtime::backend::ort::{self as ort_backend, OrtBackend};
+use gm_runtime::backend::ort_cuda::{self, Device, OrtCudaBackend};
 use gm_runtime::backend::tract::TractBackend;
 use gm_runtime::backend::{check_input_shape, Backend, HostTensor};
 use gm_runtime::npy;
@@ -43,6 +44,12 @@ struct Args {
     output: PathBuf,
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
+    /// `cpu`, or `cuda` / `cuda:N`: ONNX Runtime's CUDA execution provider on GPU N (needs
+    /// onnxruntime-gpu's library, e.g. ORT_DYLIB_PATH=…/onnxruntime/capi/libonnxruntime.so.1.x);
+    /// falls back to the CPU (ONNX Runtime, then tract) with a notice when no GPU or provider is
+    /// available.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
 }
 
 fn main() -> ExitCode {
@@ -77,7 +84,10 @@ fn run() -> Result<()> {
     }
     let (shape, data) = npy::read_f32(&args.input)?;
     let started = Instant::now();
-    let mut backend = load_cpu(args.backend, &args.model)?;
+    let mut backend: Box<dyn Backend> = match args.device {
+        Device::Cuda(gpu) => load_cuda(args.backend, gpu, &args.model)?,
+        Device::Cpu => load_cpu(args.backend, &args.model)?,
+    };
     let load_s = started.elapsed().as_secs_f64();
     check_input_shape(backend.input_shape(), &shape, &args.input, &args.model)?;
     let started = Instant::now();
@@ -95,6 +105,38 @@ fn run() -> Result<()> {
         logits.shape
     );
     Ok(())
+}
+
+/// `--device cuda:N`: ONNX Runtime's CUDA execution provider, else (with a notice) the CPU.
+fn load_cuda(choice: BackendChoice, gpu: u32, model: &Path) -> Result<Box<dyn Backend>> {
+    if choice == BackendChoice::Tract {
+        bail!(
+            "--device cuda needs ONNX Runtime (--backend ort or auto); tract runs on the CPU only"
+        );
+    }
+    let why = match ort_backend::runtime() {
+        Ok(rt) => match OrtCudaBackend::load(rt, model, gpu) {
+            Ok(backend) => {
+                eprintln!(
+                    "gm-run: using {} with the CUDA execution provider on GPU {gpu}",
+                    rt.describe()
+                );
+                if !ort_cuda::scan_runs_on_gpu() {
+                    eprintln!(
+                        "gm-run: notice: this gm-run was built without the `cuda` feature: \
+                         SelectiveScan runs on the CPU (ONNX Runtime copies its tensors to and from the GPU)"
+                    );
+                }
+                return Ok(Box::new(backend));
+            }
+            Err(e) => e.to_string(),
+        },
+        Err(e) => format!("ONNX Runtime is not available: {e}"),
+    };
+    eprintln!(
+        "gm-run: notice: --device cuda:{gpu} is not available, running on the CPU instead: {why}"
+    );
+    load_cpu(choice, model)
 }
 
 /// The CPU backends: ONNX Runtime (`ort`), tract, or ONNX Runtime if it can be found else tract (`auto`).

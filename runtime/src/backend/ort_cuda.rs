@@ -1,0 +1,226 @@
+//! ONNX Runtime on an NVIDIA GPU: the CUDA execution provider, in the process's ONNX Runtime
+//! ([`super::ort::runtime`], e.g. `ORT_DYLIB_PATH=…/onnxruntime/capi/libonnxruntime.so.1.31.1` of
+//! an `onnxruntime-gpu` wheel).
+//!
+//! The session gets the `ai.groupmamba` domain of [`super::ort::session_builder`]. When gm-runtime
+//! is built with its `cuda` feature, that domain holds the CUDA kernels of `SelectiveScan`
+//! (`gm_ops::ort_cuda_op`) and the whole model runs on the GPU; without it the scan runs on the CPU
+//! kernel, ONNX Runtime copying its inputs and output between host and device
+//! ([`scan_runs_on_gpu`] says which; `gm-run` prints it).
+//!
+//! TF32 is off (`use_tf32 = 0`): an FP32 model gives FP32 results (the parity tests allow 1e-4).
+//! The CUDA EP needs the CUDA 13 runtime, cuBLAS and cuDNN 9 libraries on the loader's path
+//! (`LD_LIBRARY_PATH`; e.g. the `nvidia-*` pip packages' `lib` folders).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use ort::ep::{ExecutionProvider, CUDA};
+use ort::session::Session;
+use ort::value::{TensorRef, ValueType};
+
+use super::ort::{check_custom_opset, session_builder, OrtRuntime};
+use super::{Backend, BackendError, HostTensor, InputDim};
+
+/// Where to run: `cpu`, `cuda` (device 0) or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda(u32),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("device {s:?}: expected `cpu`, `cuda` or `cuda:N` (N = GPU index)");
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda(0)),
+            other => {
+                let index = other.strip_prefix("cuda:").ok_or_else(bad)?;
+                let n: u32 = index.parse().map_err(|_| bad())?;
+                i32::try_from(n).map_err(|_| bad())?;
+                Ok(Device::Cuda(n))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Whether this build has the CUDA kernel of `SelectiveScan` (feature `cuda`); without it the
+/// scan runs on the CPU inside a CUDA session.
+pub const fn scan_runs_on_gpu() -> bool {
+    cfg!(feature = "cuda")
+}
+
+/// A model in a session with the CUDA execution provider on one GPU.
+pub struct OrtCudaBackend {
+    path: PathBuf,
+    session: Session,
+    input_name: String,
+    input: Vec<InputDim>,
+    outputs: Vec<String>,
+    device: u32,
+}
+
+impl OrtCudaBackend {
+    /// Loads `path` in `rt` on GPU `device`. Fails (never silently falls back to the CPU) when
+    /// this ONNX Runtime has no CUDA provider, its libraries do not load, or there is no such GPU.
+    pub fn load(rt: &'static OrtRuntime, path: &Path, device: u32) -> Result<Self, BackendError> {
+        let load_err = |message: String| BackendError::Load {
+            path: path.display().to_string(),
+            message,
+        };
+        match CUDA::is_available() {
+            Ok(true) => (),
+            Ok(false) => {
+                return Err(load_err(format!(
+                    "{} has no CUDA execution provider (it is a CPU build); use the library of \
+                     `pip install onnxruntime-gpu` (ORT_DYLIB_PATH=…/onnxruntime/capi/libonnxruntime.so.1.x)",
+                    rt.describe()
+                )))
+            }
+            Err(e) => return Err(load_err(format!("cannot list ONNX Runtime's providers: {e}"))),
+        }
+        let device_id = i32::try_from(device)
+            .map_err(|_| load_err(format!("GPU index {device} is out of range")))?;
+        let bytes = std::fs::read(path).map_err(|e| load_err(e.to_string()))?;
+        check_custom_opset(path, &bytes)?;
+        let provider = CUDA::default()
+            .with_device_id(device_id)
+            .with_tf32(false)
+            .build()
+            .error_on_failure();
+        let session = session_builder(rt)
+            .and_then(|b| {
+                b.with_execution_providers([provider])
+                    .map_err(|e| ort::Error::new(e.to_string()))
+            })
+            .and_then(|mut b| {
+                b.commit_from_memory(&bytes)
+                    .map_err(|e| ort::Error::new(e.to_string()))
+            })
+            .map_err(|e| {
+                load_err(format!(
+                    "CUDA execution provider on GPU {device}: {e} ({}; the CUDA EP needs libcudart.so.13, \
+                     libcublas.so.13 and libcudnn.so.9 on LD_LIBRARY_PATH and an NVIDIA GPU)",
+                    rt.describe()
+                ))
+            })?;
+        let first = session
+            .inputs()
+            .first()
+            .ok_or_else(|| load_err("the model has no input".into()))?;
+        let input_name = first.name().to_string();
+        let input = match first.dtype() {
+            ValueType::Tensor {
+                shape,
+                dimension_symbols,
+                ..
+            } => shape
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| {
+                    if d >= 0 {
+                        InputDim::Fixed(d as usize)
+                    } else {
+                        let name = dimension_symbols
+                            .get(i)
+                            .filter(|s| !s.is_empty())
+                            .cloned()
+                            .unwrap_or_else(|| "?".into());
+                        InputDim::Dynamic(name)
+                    }
+                })
+                .collect(),
+            other => {
+                return Err(load_err(format!(
+                    "input {input_name} is not a tensor: {other:?}"
+                )))
+            }
+        };
+        let outputs = session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            session,
+            input_name,
+            input,
+            outputs,
+            device,
+        })
+    }
+
+    /// The GPU index.
+    pub fn device(&self) -> u32 {
+        self.device
+    }
+}
+
+impl Backend for OrtCudaBackend {
+    fn name(&self) -> &'static str {
+        "ort-cuda"
+    }
+
+    fn input_shape(&self) -> &[InputDim] {
+        &self.input
+    }
+
+    fn output_names(&self) -> &[String] {
+        &self.outputs
+    }
+
+    fn run(&mut self, images: &HostTensor) -> Result<Vec<HostTensor>, BackendError> {
+        let model = self.path.display().to_string();
+        let run_err = |e: ort::Error| BackendError::Run {
+            model: model.clone(),
+            message: e.to_string(),
+        };
+        // Host input and outputs: ONNX Runtime copies them to and from the GPU.
+        let input = TensorRef::from_array_view((images.shape.clone(), images.data.as_slice()))
+            .map_err(run_err)?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => input])
+            .map_err(run_err)?;
+        let mut result = Vec::with_capacity(outputs.len());
+        for (_, value) in outputs.iter() {
+            let (shape, data) = value.try_extract_tensor::<f32>().map_err(run_err)?;
+            result.push(HostTensor {
+                shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
+                data: data.to_vec(),
+            });
+        }
+        Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!("cpu".parse::<Device>(), Ok(Device::Cpu));
+        assert_eq!("cuda".parse::<Device>(), Ok(Device::Cuda(0)));
+        assert_eq!("CUDA:3".parse::<Device>(), Ok(Device::Cuda(3)));
+        assert!("cuda:".parse::<Device>().is_err());
+        assert!("cuda:-1".parse::<Device>().is_err());
+        assert!("cuda:99999999999".parse::<Device>().is_err());
+        assert!("tpu".parse::<Device>().is_err());
+        assert_eq!(Device::Cuda(1).to_string(), "cuda:1");
+    }
+}
