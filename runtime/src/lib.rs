@@ -5,3 +5,4 @@ pub mod classify;
 pub mod image;
 pub mod metadata;
 pub mod npy;
+pub mod validate;

@@ -110,8 +110,20 @@ impl<'w> Emitter<'w> {
             name: name.to_string(),
             dims: dims.to_vec(),
         });
-        let elem = self.float.data_type();
-        self.g.output(value, name, elem, &shape)
+        match self.float {
+            FloatType::F32 => self.g.output(value, name, DataType::Float, &shape),
+            FloatType::F16 => {
+                // Graph I/O stays FP32 (as `logits` does): a Cast (exact) feeds the output, and
+                // the FP16 value goes on into the network unchanged.
+                let y = self.g.op(
+                    "Cast",
+                    &[value],
+                    &[("to", Attr::Int(DataType::Float as i64))],
+                );
+                self.g.output(&y, name, DataType::Float, &shape);
+                value.clone()
+            }
+        }
     }
 
     pub fn debug_enabled(&self) -> bool {
