@@ -56,4 +56,6 @@ python3 scripts/portable_parity.py --fixtures ../shared/parity \
 python3 -m pip install -q --disable-pip-version-check pillow==13.0.0
 cargo build -q -p gm-runtime --bin gm-run --example preprocess
 python3 scripts/preprocess_parity.py --model "$out/custom-64x64.onnx" --model "$out/custom-72x100.onnx"
+# The CUDA kernel compiles for sm_90 and sm_87 (no GPU needed; skipped if nvcc cannot be installed).
+scripts/check_cuda_build.sh
 echo "all tests passed"
