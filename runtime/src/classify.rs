@@ -312,12 +312,14 @@ impl<'a> Classifier<'a> {
                     InputDim::Dynamic(_) => None,
                 }
             }
-            other => return Err(ClassifyError::Model {
-                path: model.to_path_buf(),
-                message: format!(
+            other => {
+                return Err(ClassifyError::Model {
+                    path: model.to_path_buf(),
+                    message: format!(
                     "its input is {other:?}, but its preprocessing makes [N, 3, {h}, {w}] images"
                 ),
-            }),
+                })
+            }
         };
         Ok(Classifier {
             backend,

@@ -15,7 +15,10 @@ fn scratch(name: &str) -> PathBuf {
 /// A random-weight export of the fixture config at 64×64.
 fn model(dir: &std::path::Path) -> PathBuf {
     let out = dir.join("m.onnx");
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/parity/custom-64x64/config.json");
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/parity/custom-64x64/config.json"
+    );
     gm_converter::export::export(&gm_converter::export::ExportOptions {
         config: gm_converter::model::ModelConfig::from_file(config.as_ref()).unwrap(),
         checkpoint: None,
@@ -32,7 +35,11 @@ fn model(dir: &std::path::Path) -> PathBuf {
     out
 }
 
-fn gm_run(model: &std::path::Path, input: &std::path::Path, output: &std::path::Path) -> (bool, String) {
+fn gm_run(
+    model: &std::path::Path,
+    input: &std::path::Path,
+    output: &std::path::Path,
+) -> (bool, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_gm-run"))
         .args([
             "--model",
@@ -46,7 +53,10 @@ fn gm_run(model: &std::path::Path, input: &std::path::Path, output: &std::path::
         ])
         .output()
         .unwrap();
-    (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -67,8 +77,14 @@ fn runs_a_batch_and_rejects_wrong_shapes_and_dtypes() {
     npy::write_f32(&wrong, &[1, 3, 32, 32], &vec![0.1; 3 * 32 * 32]).unwrap();
     let (ok, stderr) = gm_run(&model, &wrong, &output);
     assert!(!ok);
-    assert!(stderr.contains("wrong_shape.npy") && stderr.contains("[1, 3, 32, 32]"), "{stderr}");
-    assert!(stderr.contains("64, 64"), "expected shape must be named: {stderr}");
+    assert!(
+        stderr.contains("wrong_shape.npy") && stderr.contains("[1, 3, 32, 32]"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("64, 64"),
+        "expected shape must be named: {stderr}"
+    );
     assert!(!output.exists());
 
     // float64 input: the same header layout with `<f8`.
@@ -83,6 +99,9 @@ fn runs_a_batch_and_rejects_wrong_shapes_and_dtypes() {
     std::fs::write(&f64_file, bytes).unwrap();
     let (ok, stderr) = gm_run(&model, &f64_file, &output);
     assert!(!ok);
-    assert!(stderr.contains("float64.npy") && stderr.contains("<f8"), "{stderr}");
+    assert!(
+        stderr.contains("float64.npy") && stderr.contains("<f8"),
+        "{stderr}"
+    );
     assert!(!output.exists());
 }
