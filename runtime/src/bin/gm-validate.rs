@@ -119,6 +119,10 @@ struct Args {
     /// Compare every tensor instead of stopping at the first divergence.
     #[arg(long)]
     keep_going: bool,
+    /// Print the error profile along the scan of every group's output (by default only of those
+    /// out of tolerance; the JSON report always has them).
+    #[arg(long)]
+    profiles: bool,
     /// CUDA device of ort-cuda.
     #[arg(long, default_value_t = 0)]
     device_id: u32,
@@ -170,9 +174,10 @@ fn open(
             let rt = ort_backend::runtime().map_err(|e| Failure::Unavailable(e.to_string()))?;
             if !CUDA::is_available().unwrap_or(false) {
                 return Err(Failure::Unavailable(format!(
-                    "{} has no CUDA execution provider (a CPU build; point ORT_DYLIB_PATH at \
-                     onnxruntime-gpu's library)",
-                    rt.describe()
+                    "ONNX Runtime {} ({}) has no CUDA execution provider: a CPU build; point \
+                     ORT_DYLIB_PATH at onnxruntime-gpu's library",
+                    rt.library.version,
+                    rt.library.path.display()
                 )));
             }
             let scan = if ort_cuda::scan_runs_on_gpu() {
@@ -277,7 +282,7 @@ fn run() -> Result<bool> {
     } else {
         against_reference(&args, &info)?
     };
-    print!("{}", report.to_text());
+    print!("{}", report.to_text(args.profiles));
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report.to_json())?;
         std::fs::write(path, text + "\n").with_context(|| format!("--json {}", path.display()))?;
@@ -420,11 +425,16 @@ fn compare_backends(args: &Args, info: &ModelInfo, pair: &str) -> Result<Report>
     let (pa, sa) = info.precision();
     let (pb, sb) = info_b.precision();
     let precision = pa.max(pb);
+    let origin = if sa == sb {
+        sa.replace("the model's", "the models'")
+    } else {
+        format!("A: {sa}; B: {sb}")
+    };
     let source = if pa == pb {
-        format!("both models {}: {sa}", pa.name())
+        format!("both models {}, {origin}", pa.name())
     } else {
         format!(
-            "the lower of A's {} and B's {} ({sa}; {sb})",
+            "A is {}, B is {}: judged as the lower precision; {origin}",
             pa.name(),
             pb.name()
         )

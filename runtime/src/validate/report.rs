@@ -134,8 +134,9 @@ impl Report {
                 .all(|b| matches!(b.outcome, Outcome::Pass | Outcome::Skipped(_)))
     }
 
-    /// The human-readable report.
-    pub fn to_text(&self) -> String {
+    /// The human-readable report. Scan profiles are printed for the tensors that fail, and for
+    /// every scan output when `all_profiles` (the JSON always has them).
+    pub fn to_text(&self, all_profiles: bool) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "model:     {}", self.model.display());
         for line in &self.model_info {
@@ -154,7 +155,7 @@ impl Report {
         }
         for b in &self.backends {
             let _ = writeln!(s);
-            s.push_str(&backend_table(b));
+            s.push_str(&backend_table(b, all_profiles));
         }
         s
     }
@@ -280,7 +281,7 @@ fn shape_str(shape: &[usize]) -> String {
     )
 }
 
-fn backend_table(b: &BackendReport) -> String {
+fn backend_table(b: &BackendReport, all_profiles: bool) -> String {
     let mut s = String::new();
     let mut title = format!("backend {}", b.backend);
     if let Some(rt) = &b.runtime {
@@ -345,7 +346,11 @@ fn backend_table(b: &BackendReport) -> String {
                     100.0 * t.top5_overlap
                 );
             }
-            if let Some(p) = &c.profile {
+            if let Some(p) = c
+                .profile
+                .as_ref()
+                .filter(|_| all_profiles || !c.verdict.pass)
+            {
                 let bins = p.bins.iter().map(|&x| sci(x)).collect::<Vec<_>>().join(" ");
                 let mut line = format!(
                     "  {:>3}  {:<width$}  scan g{} {} over {}×{}: max abs per tenth of the sequence: {bins}",
