@@ -630,27 +630,36 @@ impl Backend for OrtBackend {
     }
 
     fn run(&mut self, images: &HostTensor) -> Result<Vec<HostTensor>, BackendError> {
-        let model = self.path.display().to_string();
-        let run_err = |e: ort::Error| BackendError::Run {
-            model: model.clone(),
-            message: e.to_string(),
-        };
-        let input = TensorRef::from_array_view((images.shape.clone(), images.data.as_slice()))
-            .map_err(run_err)?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input_name.as_str() => input])
-            .map_err(run_err)?;
-        let mut result = Vec::with_capacity(outputs.len());
-        for (_, value) in outputs.iter() {
-            let (shape, data) = value.try_extract_tensor::<f32>().map_err(run_err)?;
-            result.push(HostTensor {
-                shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
-                data: data.to_vec(),
-            });
-        }
-        Ok(result)
+        run_session(&mut self.session, &self.input_name, &self.path, images)
     }
+}
+
+/// Runs `session` on host `images` and copies every output back to the host: the one run path of
+/// the ONNX Runtime backends (for the CUDA EP, ONNX Runtime moves the data to and from the GPU).
+pub(crate) fn run_session(
+    session: &mut Session,
+    input_name: &str,
+    path: &Path,
+    images: &HostTensor,
+) -> Result<Vec<HostTensor>, BackendError> {
+    let run_err = |e: ort::Error| BackendError::Run {
+        model: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let input = TensorRef::from_array_view((images.shape.clone(), images.data.as_slice()))
+        .map_err(run_err)?;
+    let outputs = session
+        .run(ort::inputs![input_name => input])
+        .map_err(run_err)?;
+    let mut result = Vec::with_capacity(outputs.len());
+    for (_, value) in outputs.iter() {
+        let (shape, data) = value.try_extract_tensor::<f32>().map_err(run_err)?;
+        result.push(HostTensor {
+            shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
+            data: data.to_vec(),
+        });
+    }
+    Ok(result)
 }
 
 #[cfg(test)]

@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 
 use ort::ep::{ExecutionProvider, CUDA};
 use ort::session::Session;
-use ort::value::{TensorRef, ValueType};
+use ort::value::ValueType;
 
-use super::ort::{check_custom_opset, session_builder, OrtRuntime};
+use super::ort::{check_custom_opset, run_session, session_builder, OrtRuntime};
 use super::{Backend, BackendError, HostTensor, InputDim};
 
 /// Where to run: `cpu`, `cuda` (device 0) or `cuda:N`.
@@ -184,27 +184,8 @@ impl Backend for OrtCudaBackend {
     }
 
     fn run(&mut self, images: &HostTensor) -> Result<Vec<HostTensor>, BackendError> {
-        let model = self.path.display().to_string();
-        let run_err = |e: ort::Error| BackendError::Run {
-            model: model.clone(),
-            message: e.to_string(),
-        };
         // Host input and outputs: ONNX Runtime copies them to and from the GPU.
-        let input = TensorRef::from_array_view((images.shape.clone(), images.data.as_slice()))
-            .map_err(run_err)?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input_name.as_str() => input])
-            .map_err(run_err)?;
-        let mut result = Vec::with_capacity(outputs.len());
-        for (_, value) in outputs.iter() {
-            let (shape, data) = value.try_extract_tensor::<f32>().map_err(run_err)?;
-            result.push(HostTensor {
-                shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
-                data: data.to_vec(),
-            });
-        }
-        Ok(result)
+        run_session(&mut self.session, &self.input_name, &self.path, images)
     }
 }
 
