@@ -11,33 +11,13 @@ use gm_runtime::backend::{Backend, HostTensor};
 use gm_runtime::classify::{softmax, top_k, ModelInfo};
 use gm_runtime::image::{self, DecodeLimits, Preprocessing};
 
+mod common;
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gm-classify-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn export_model(dir: &Path) -> PathBuf {
-    let out = dir.join("m.onnx");
-    let config = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/parity/custom-64x64/config.json"
-    );
-    gm_converter::export::export(&gm_converter::export::ExportOptions {
-        config: gm_converter::model::ModelConfig::from_file(config.as_ref()).unwrap(),
-        checkpoint: None,
-        seed: 1,
-        height: 64,
-        width: 64,
-        debug_outputs: false,
-        allow_nonfinite: false,
-        precision: gm_converter::onnx::FloatType::F32,
-        scan: gm_converter::model::emit::ScanMode::CustomOp,
-        out: out.clone(),
-    })
-    .unwrap();
-    out
 }
 
 /// A picture with structure, so that different images get different logits.
@@ -109,7 +89,7 @@ fn records(stdout: &str) -> Vec<serde_json::Value> {
 #[test]
 fn classifies_a_folder_reports_bad_files_and_matches_the_library_pipeline() {
     let dir = scratch("e2e");
-    let model = export_model(&dir);
+    let model = common::fixture_config_model(&dir);
     let images = dir.join("images");
     std::fs::create_dir_all(images.join("sub")).unwrap();
     picture(500, 375, 1).save(images.join("a.png")).unwrap();

@@ -6,33 +6,12 @@ use std::process::Command;
 
 use gm_runtime::npy;
 
+mod common;
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gm-run-cli-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// A random-weight export of the fixture config at 64×64.
-fn model(dir: &std::path::Path) -> PathBuf {
-    let out = dir.join("m.onnx");
-    let config = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/parity/custom-64x64/config.json"
-    );
-    gm_converter::export::export(&gm_converter::export::ExportOptions {
-        config: gm_converter::model::ModelConfig::from_file(config.as_ref()).unwrap(),
-        checkpoint: None,
-        seed: 1,
-        height: 64,
-        width: 64,
-        debug_outputs: false,
-        allow_nonfinite: false,
-        precision: gm_converter::onnx::FloatType::F32,
-        scan: gm_converter::model::emit::ScanMode::CustomOp,
-        out: out.clone(),
-    })
-    .unwrap();
-    out
 }
 
 fn gm_run(
@@ -62,7 +41,7 @@ fn gm_run(
 #[test]
 fn runs_a_batch_and_rejects_wrong_shapes_and_dtypes() {
     let dir = scratch("shapes");
-    let model = model(&dir);
+    let model = common::fixture_config_model(&dir);
     let output = dir.join("logits.npy");
 
     let good = dir.join("good.npy");

@@ -15,6 +15,8 @@ use prost::Message;
 use tract_onnx::pb;
 use tract_onnx::pb::tensor_proto::DataType;
 
+mod common;
+
 const FLOAT: i32 = DataType::Float as i32;
 
 fn scratch(name: &str) -> PathBuf {
@@ -374,24 +376,7 @@ fn gm_run(
 
 /// A small exported model (random weights) and an input for it.
 fn small_model(dir: &Path) -> (PathBuf, PathBuf) {
-    let out = dir.join("m.onnx");
-    let config = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/parity/custom-64x64/config.json"
-    );
-    gm_converter::export::export(&gm_converter::export::ExportOptions {
-        config: gm_converter::model::ModelConfig::from_file(config.as_ref()).unwrap(),
-        checkpoint: None,
-        seed: 1,
-        height: 64,
-        width: 64,
-        debug_outputs: false,
-        allow_nonfinite: false,
-        precision: gm_converter::onnx::FloatType::F32,
-        scan: gm_converter::model::emit::ScanMode::CustomOp,
-        out: out.clone(),
-    })
-    .unwrap();
+    let out = common::fixture_config_model(dir);
     let input = dir.join("x.npy");
     npy::write_f32(&input, &[1, 3, 64, 64], &random(9, 3 * 64 * 64, -1.0, 1.0)).unwrap();
     (out, input)
