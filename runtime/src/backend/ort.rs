@@ -563,43 +563,7 @@ impl OrtBackend {
                     .map_err(|e| ort::Error::new(e.to_string()))
             })
             .map_err(|e| load_err(format!("{} ({})", e, rt.describe())))?;
-        let first = session
-            .inputs()
-            .first()
-            .ok_or_else(|| load_err("the model has no input".into()))?;
-        let input_name = first.name().to_string();
-        let input = match first.dtype() {
-            ValueType::Tensor {
-                shape,
-                dimension_symbols,
-                ..
-            } => shape
-                .iter()
-                .enumerate()
-                .map(|(i, &d)| {
-                    if d >= 0 {
-                        InputDim::Fixed(d as usize)
-                    } else {
-                        let name = dimension_symbols
-                            .get(i)
-                            .filter(|s| !s.is_empty())
-                            .cloned()
-                            .unwrap_or_else(|| "?".into());
-                        InputDim::Dynamic(name)
-                    }
-                })
-                .collect(),
-            other => {
-                return Err(load_err(format!(
-                    "input {input_name} is not a tensor: {other:?}"
-                )))
-            }
-        };
-        let outputs = session
-            .outputs()
-            .iter()
-            .map(|o| o.name().to_string())
-            .collect();
+        let (input_name, input, outputs) = session_io(&session, path)?;
         Ok(Self {
             path: path.to_path_buf(),
             session,
@@ -632,6 +596,55 @@ impl Backend for OrtBackend {
     fn run(&mut self, images: &HostTensor) -> Result<Vec<HostTensor>, BackendError> {
         run_session(&mut self.session, &self.input_name, &self.path, images)
     }
+}
+
+/// The session's first input (name and declared dims) and its output names.
+pub(crate) fn session_io(
+    session: &Session,
+    path: &Path,
+) -> Result<(String, Vec<InputDim>, Vec<String>), BackendError> {
+    let load_err = |message: String| BackendError::Load {
+        path: path.display().to_string(),
+        message,
+    };
+    let first = session
+        .inputs()
+        .first()
+        .ok_or_else(|| load_err("the model has no input".into()))?;
+    let input_name = first.name().to_string();
+    let input = match first.dtype() {
+        ValueType::Tensor {
+            shape,
+            dimension_symbols,
+            ..
+        } => shape
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| {
+                if d >= 0 {
+                    InputDim::Fixed(d as usize)
+                } else {
+                    let name = dimension_symbols
+                        .get(i)
+                        .filter(|s| !s.is_empty())
+                        .cloned()
+                        .unwrap_or_else(|| "?".into());
+                    InputDim::Dynamic(name)
+                }
+            })
+            .collect(),
+        other => {
+            return Err(load_err(format!(
+                "input {input_name} is not a tensor: {other:?}"
+            )))
+        }
+    };
+    let outputs = session
+        .outputs()
+        .iter()
+        .map(|o| o.name().to_string())
+        .collect();
+    Ok((input_name, input, outputs))
 }
 
 /// Runs `session` on host `images` and copies every output back to the host: the one run path of

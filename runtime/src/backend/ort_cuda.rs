@@ -17,9 +17,8 @@ use std::path::{Path, PathBuf};
 
 use ort::ep::{ExecutionProvider, CUDA};
 use ort::session::Session;
-use ort::value::ValueType;
 
-use super::ort::{check_custom_opset, run_session, session_builder, OrtRuntime};
+use super::ort::{check_custom_opset, run_session, session_builder, session_io, OrtRuntime};
 use super::{Backend, BackendError, HostTensor, InputDim};
 
 /// Where to run: `cpu`, `cuda` (device 0) or `cuda:N`.
@@ -117,43 +116,7 @@ impl OrtCudaBackend {
                     rt.describe()
                 ))
             })?;
-        let first = session
-            .inputs()
-            .first()
-            .ok_or_else(|| load_err("the model has no input".into()))?;
-        let input_name = first.name().to_string();
-        let input = match first.dtype() {
-            ValueType::Tensor {
-                shape,
-                dimension_symbols,
-                ..
-            } => shape
-                .iter()
-                .enumerate()
-                .map(|(i, &d)| {
-                    if d >= 0 {
-                        InputDim::Fixed(d as usize)
-                    } else {
-                        let name = dimension_symbols
-                            .get(i)
-                            .filter(|s| !s.is_empty())
-                            .cloned()
-                            .unwrap_or_else(|| "?".into());
-                        InputDim::Dynamic(name)
-                    }
-                })
-                .collect(),
-            other => {
-                return Err(load_err(format!(
-                    "input {input_name} is not a tensor: {other:?}"
-                )))
-            }
-        };
-        let outputs = session
-            .outputs()
-            .iter()
-            .map(|o| o.name().to_string())
-            .collect();
+        let (input_name, input, outputs) = session_io(&session, path)?;
         Ok(Self {
             path: path.to_path_buf(),
             session,
