@@ -30,10 +30,21 @@
 //   u, delta are read once, y written once; B, C once per (image, group) per block.
 // Kernel v1 (one warp per sequence, tiles of 128 steps, shuffle scan with carry) remains as the
 // fallback for planes too large for shared memory (L > 65535 or two stages > the opt-in limit).
+//
+// The file also compiles with NVRTC (__CUDACC_RTC__: device code only, no host launcher), which is
+// how sm_72 (Jetson Xavier, dropped by CUDA 13) is checked: scripts/check_cuda_build.sh. Below
+// sm_80 there is no cp.async: stage copies are plain loads and stores (no overlap, same results).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#ifdef __CUDACC_RTC__
+typedef unsigned int uint32_t;
+typedef unsigned long long uint64_t;
+typedef long long int64_t;
+typedef unsigned long long uintptr_t;
+#else
 #include <cuda_runtime.h>
 #include <stdint.h>
+#endif
 
 // Tuning knobs (compile-time): threads per block the planner aims at; per segment length K, the
 // largest block and the registers per thread (K = 7: FP32 and planes 14 does not divide; K = 14:
@@ -57,6 +68,9 @@
 #endif
 #ifndef GM_SCAN_FORCE_K
 #define GM_SCAN_FORCE_K 0
+#endif
+#ifndef GM_SCAN_SYNC_COPIES  // 1: plain loads/stores for the stage copies, as below sm_80 (for testing that path)
+#define GM_SCAN_SYNC_COPIES 0
 #endif
 #ifndef GM_SCAN_BULK  // 1: on sm_90, stage copies as bulk copies (copy engine) instead of per-thread cp.async
 #define GM_SCAN_BULK 1
@@ -163,12 +177,20 @@ __device__ __forceinline__ int small_div(int x, float inv) {
   return __float2int_rz((float(x) + 0.5f) * inv);
 }
 
+#if !defined(__CUDA_ARCH__) || (__CUDA_ARCH__ >= 800 && !GM_SCAN_SYNC_COPIES)
 [[maybe_unused]] __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_async_wait_prev() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+#else  // before Ampere: synchronous copies, nothing to wait for
+[[maybe_unused]] __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  *static_cast<uint4*>(smem) = *static_cast<const uint4*>(gmem);
+}
+__device__ __forceinline__ void cp_async_commit() {}
+__device__ __forceinline__ void cp_async_wait_prev() {}
+#endif
 
 // Work items: P planes (channels c0..c0+planes-1) of one image n and group g, in (n, g, chunk) order.
 struct Cursor {
@@ -233,8 +255,12 @@ __device__ __forceinline__ T* staged_at(const T* g, T* array) {
 }
 
 __device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {
+#if !defined(__CUDA_ARCH__) || (__CUDA_ARCH__ >= 800 && !GM_SCAN_SYNC_COPIES)
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem) : "memory");
+#else
+  *static_cast<uint32_t*>(smem) = *static_cast<const uint32_t*>(gmem);
+#endif
 }
 __device__ __forceinline__ uint32_t raw_bits(__half v) { return __half_as_ushort(v); }
 __device__ __forceinline__ uint32_t raw_bits(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
@@ -729,6 +755,7 @@ selective_scan_kernel(Params p) {
 
 // ----------------------------------------------------------------------------------------------
 // Host side.
+#ifndef __CUDACC_RTC__
 
 int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
@@ -871,7 +898,10 @@ bool plan_staged(ScanPlan& p, int64_t batch, int64_t channels, int64_t groups, i
   return false;
 }
 
+#endif  // __CUDACC_RTC__
 }  // namespace
+
+#ifndef __CUDACC_RTC__
 
 extern "C" {
 
@@ -924,3 +954,4 @@ int gm_selective_scan_cuda(int dtype, const void* u, const void* delta, const fl
 }
 
 }  // extern "C"
+#endif  // __CUDACC_RTC__
