@@ -162,49 +162,22 @@ def profile_ort_python(model, library, size, runs=5):
             "share_by_op_type": {op: round(us / total, 4) for op, us in top[:12]}}
 
 
-class PureScan:
-    """Stands in for the official CUDA extension `selective_scan_cuda_core` on CPU.
-
-    Same call as the official `selective_scan_cuda_core.fwd(u, delta, A, B, C, D, delta_bias,
-    delta_softplus, nrows)` for GroupMamba's calls (d_state = 1, one kernel group): u, delta (batch, d, L);
-    A (d, 1); B, C (batch, 1, 1, L); D, delta_bias (d,). Exact sequential recurrence in FP32:
-    dt = softplus(delta + bias) (threshold 20), h_t = exp(dt*A) h_{t-1} + dt*B*u, y = C*h + D*u.
-    Returns (out, x) like the kernel (x, the chunk states for backward, is not computed)."""
-
-    @staticmethod
-    def fwd(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, nrows=1, *unused):
-        import torch
-        dt = delta.float()
-        if delta_bias is not None:
-            dt = dt + delta_bias.float()[None, :, None]
-        if delta_softplus:
-            dt = torch.where(dt > 20, dt, torch.log1p(torch.exp(dt)))
-        decay = torch.exp(dt * A.float()[:, 0][None, :, None])
-        drive = dt * B.float()[:, 0, 0][:, None, :] * u.float()
-        h = torch.zeros(u.shape[0], u.shape[1], dtype=torch.float32)
-        states = torch.empty_like(drive)
-        for t in range(u.shape[-1]):
-            h = decay[..., t] * h + drive[..., t]
-            states[..., t] = h
-        y = states * C.float()[:, 0, 0][:, None, :]
-        if D is not None:
-            y = y + D.float()[None, :, None] * u.float()
-        return y.to(u.dtype), None
-
-
 def bench_official(repo, batches, size, iters, warmup, threads):
-    """The official model on CPU with the pure-PyTorch scan (see PureScan)."""
+    """The official model on CPU, imported from the user's checkout as scripts/reference.py does, its
+    CUDA scan `selective_scan_cuda_core` replaced by reference.py's exact pure-PyTorch scan (the same
+    recurrence as a chunked closed form, here in FP32: a fair, vectorised baseline)."""
     import torch
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import reference
     if threads:
         torch.set_num_threads(threads)
-    models = os.path.join(os.path.abspath(repo), "classification", "models")
-    if not os.path.isfile(os.path.join(models, "groupmamba.py")):
-        raise SystemExit(f"--official-repo {repo}: {models}/groupmamba.py not found (expects a checkout of "
-                         "github.com/Amshaker/GroupMamba)")
-    sys.modules["selective_scan_cuda_core"] = PureScan
-    sys.path.insert(0, models)
-    import groupmamba  # the official module, from the user's checkout
-    model = groupmamba.groupmamba_tiny().eval()
+    reference.install_pure_scan(torch, torch.float32)
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        reference.install_timm_shim(torch)
+    gm = reference.import_official(os.path.abspath(repo), torch)
+    model = gm.groupmamba_tiny().eval()
     out = []
     for b in batches:
         x = torch.from_numpy(random_input(b, size))
@@ -217,8 +190,9 @@ def bench_official(repo, batches, size, iters, warmup, threads):
                 model(x)
                 ms.append((time.perf_counter() - t) * 1e3)
         out.append(summarize("official-pytorch", b, ms, {
-            "runtime": f"torch {torch.__version__}, {torch.get_num_threads()} threads, official groupmamba_tiny "
-                       "with an exact pure-PyTorch sequential scan (the CUDA kernel cannot run on CPU)"}))
+            "runtime": f"torch {torch.__version__}, {torch.get_num_threads()} threads, official groupmamba_tiny; "
+                       f"scan: exact pure-PyTorch chunked closed form (chunks of {reference.CHUNK}) in FP32, "
+                       "from scripts/reference.py (the CUDA kernel cannot run on CPU)"}))
     return out, torch.__version__
 
 

@@ -113,11 +113,13 @@ def parse_size(text: str) -> tuple[int, int]:
 # ---- the pure-PyTorch selective scan ---------------------------------------------------------
 
 
-def pure_selective_scan(torch, u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
-    """y for u, delta (b, d, l); A (d, n); B, C (b, g, n, l) with g | d; D, delta_bias (d,)."""
+def pure_selective_scan(torch, u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False,
+                        compute_dtype=None):
+    """y for u, delta (b, d, l); A (d, n); B, C (b, g, n, l) with g | d; D, delta_bias (d,).
+    Computed in `compute_dtype` (default float64: a reference; benchmarks pass float32)."""
     F = torch.nn.functional
     out_dtype = u.dtype
-    f64 = torch.float64
+    f64 = compute_dtype or torch.float64
     b, d, length = u.shape
     n = A.shape[1]
     g = B.shape[1]
@@ -155,12 +157,12 @@ def pure_selective_scan(torch, u, delta, A, B, C, D=None, delta_bias=None, delta
     return y.to(out_dtype)
 
 
-def install_pure_scan(torch) -> None:
+def install_pure_scan(torch, compute_dtype=None) -> None:
     """Registers a `selective_scan_cuda_core` module whose fwd is the pure scan."""
     module = types.ModuleType("selective_scan_cuda_core")
 
     def fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, nrows):
-        y = pure_selective_scan(torch, u, delta, A, B, C, D, delta_bias, bool(delta_softplus))
+        y = pure_selective_scan(torch, u, delta, A, B, C, D, delta_bias, bool(delta_softplus), compute_dtype)
         # The kernel also returns per-chunk states for its backward; the eval forward ignores them.
         return y, u.new_empty(0)
 

@@ -1,10 +1,12 @@
 //! The reference CPU kernel of `ai.groupmamba::SelectiveScan` (float32, FP32 state).
 //!
-//! One sequential pass per (image, channel) in the channel's group direction. The
-//! visiting order is produced by plain index iterators (no table, no allocation); the
-//! output is written at the row-major position of each visited step.
+//! Per (image, channel): the elementwise math (softplus, decay, drive) over the row in memory
+//! order with [`crate::fastmath`] (vectorised), then the recurrence in the channel's group
+//! direction, then y in memory order. The visiting order is produced by plain index iterators
+//! (no table); two row-sized scratch buffers are reused across channels.
 
-use crate::spec::{Direction, ScanError, ScanInput, ScanShape, SOFTPLUS_THRESHOLD};
+use crate::fastmath;
+use crate::spec::{Direction, ScanError, ScanInput, ScanShape};
 
 /// The operator's inputs as flat row-major (C-order) float32 buffers, in the shapes
 /// [`ScanShape::expected_shape`] gives.
@@ -59,16 +61,7 @@ impl<'a> ScanInputs<'a> {
     }
 }
 
-/// `softplus(x) = x` if `x > 20`, else `ln(1 + e^x)` (PyTorch's default threshold, the
-/// rule of the official kernel). NaN propagates.
-#[inline]
-pub fn softplus(x: f32) -> f32 {
-    if x > SOFTPLUS_THRESHOLD {
-        x
-    } else {
-        x.exp().ln_1p()
-    }
-}
+pub use crate::fastmath::softplus;
 
 /// Runs the selective scan: for every image `n` and channel `c` (group `g = c / (C/G)`,
 /// direction `directions[g]`), with steps `t` in visiting order,
@@ -96,26 +89,33 @@ pub fn selective_scan(
         return Ok(());
     }
     let group_width = shape.group_width();
+    let mut scratch = Scratch::default();
     for n in 0..shape.batch {
         for (g, &dir) in directions.iter().enumerate() {
             let bc = (n * shape.groups + g) * len..(n * shape.groups + g + 1) * len;
             let (b, c) = (&inputs.b[bc.clone()], &inputs.c[bc]);
-            for ch in g * group_width..(g + 1) * group_width {
-                let row = (n * shape.channels + ch) * len..(n * shape.channels + ch + 1) * len;
-                let channel = Channel {
-                    u: &inputs.u[row.clone()],
-                    delta: &inputs.delta[row.clone()],
+            let channels = g * group_width..(g + 1) * group_width;
+            for first in channels.clone().step_by(BLOCK) {
+                let block = first..(first + BLOCK).min(channels.end);
+                let rows = (n * shape.channels + block.start) * len
+                    ..(n * shape.channels + block.end) * len;
+                let channels = Channels {
+                    u: &inputs.u[rows.clone()],
+                    delta: &inputs.delta[rows.clone()],
                     b,
                     c,
-                    params: (inputs.a[ch], inputs.d[ch], inputs.delta_bias[ch]),
+                    a: &inputs.a[block.clone()],
+                    d: &inputs.d[block.clone()],
+                    delta_bias: &inputs.delta_bias[block],
                 };
-                let out = &mut y[row];
+                let out = &mut y[rows];
+                let s = &mut scratch;
                 match dir {
-                    Direction::RowMajor => channel.run(0..len, out),
-                    Direction::RowMajorReversed => channel.run((0..len).rev(), out),
-                    Direction::ColumnMajor => channel.run(column_major(height, width), out),
+                    Direction::RowMajor => channels.run(0..len, out, s),
+                    Direction::RowMajorReversed => channels.run((0..len).rev(), out, s),
+                    Direction::ColumnMajor => channels.run(column_major(height, width), out, s),
                     Direction::ColumnMajorReversed => {
-                        channel.run(column_major(height, width).rev(), out)
+                        channels.run(column_major(height, width).rev(), out, s)
                     }
                 }
             }
@@ -142,42 +142,121 @@ fn column_major(height: usize, width: usize) -> impl DoubleEndedIterator<Item = 
     (0..width).flat_map(move |col| (0..height).map(move |row| row * width + col))
 }
 
-/// One channel of one image: its `L`-long rows, its group's `B`/`C` rows and
-/// `(A, D, delta_bias)`.
-struct Channel<'a> {
+/// Channels scanned together: their recurrences are independent, so interleaving them step by
+/// step hides the latency of each one's multiply-add chain behind the others'.
+const BLOCK: usize = 8;
+
+/// Up to [`BLOCK`] consecutive channels of one image and group: their `L`-long rows (one
+/// contiguous range), the group's `B`/`C` rows and per-channel `(A, D, delta_bias)`.
+struct Channels<'a> {
     u: &'a [f32],
     delta: &'a [f32],
     b: &'a [f32],
     c: &'a [f32],
-    params: (f32, f32, f32),
+    a: &'a [f32],
+    d: &'a [f32],
+    delta_bias: &'a [f32],
 }
 
-impl Channel<'_> {
+/// Per-step decay and drive of a block of channels, reused from block to block.
+#[derive(Default)]
+struct Scratch {
+    decay: Vec<f32>,
+    /// The drive Δ·B·u, overwritten by the state h in the sequential pass.
+    drive: Vec<f32>,
+}
+
+impl Channels<'_> {
+    /// Three passes: the elementwise math in memory order (vectorised: no libm calls), the
+    /// recurrences in visiting order (two flops a step, channels interleaved), the output in
+    /// memory order.
     #[inline(always)]
-    fn run(&self, order: impl Iterator<Item = usize>, y: &mut [f32]) {
-        let (a, d, bias) = self.params;
-        let mut state = 0f32;
-        for p in order {
-            let u = self.u[p];
-            let dt = softplus(self.delta[p] + bias);
-            state = (dt * a).exp() * state + dt * self.b[p] * u;
-            y[p] = self.c[p] * state + d * u;
+    fn run(&self, order: impl Iterator<Item = usize>, y: &mut [f32], scratch: &mut Scratch) {
+        let len = self.b.len();
+        let m = self.a.len();
+        let total = m * len;
+        scratch.decay.resize(total, 0.0);
+        scratch.drive.resize(total, 0.0);
+        let (decay, drive) = (&mut scratch.decay[..total], &mut scratch.drive[..total]);
+        for j in 0..m {
+            let row = j * len..(j + 1) * len;
+            let (u, delta) = (&self.u[row.clone()], &self.delta[row.clone()]);
+            let (decay, drive) = (&mut decay[row.clone()], &mut drive[row]);
+            let params = (self.a[j], self.delta_bias[j]);
+            steps(params, delta, self.b, u, decay, drive);
         }
+        let mut state = [0f32; BLOCK];
+        for p in order {
+            for (j, h) in state[..m].iter_mut().enumerate() {
+                let i = j * len + p;
+                *h = decay[i] * *h + drive[i];
+                drive[i] = *h;
+            }
+        }
+        for j in 0..m {
+            let d = self.d[j];
+            let row = j * len..(j + 1) * len;
+            let (u, h, y) = (&self.u[row.clone()], &drive[row.clone()], &mut y[row]);
+            for p in 0..len {
+                y[p] = self.c[p] * h[p] + d * u[p];
+            }
+        }
+    }
+}
+
+/// The elementwise pass of one channel: `decay = exp(Δ·A)`, `drive = Δ·B·u` with
+/// `Δ = softplus(delta + delta_bias)`. Compiled twice on x86-64: for the baseline (SSE2) and
+/// for AVX2 + FMA, chosen at run time.
+fn steps(
+    params: (f32, f32),
+    delta: &[f32],
+    b: &[f32],
+    u: &[f32],
+    decay: &mut [f32],
+    drive: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function was compiled for.
+        return unsafe { steps_avx2(params, delta, b, u, decay, drive) };
+    }
+    steps_generic(params, delta, b, u, decay, drive)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn steps_avx2(
+    params: (f32, f32),
+    delta: &[f32],
+    b: &[f32],
+    u: &[f32],
+    decay: &mut [f32],
+    drive: &mut [f32],
+) {
+    steps_generic(params, delta, b, u, decay, drive)
+}
+
+#[inline(always)]
+fn steps_generic(
+    (a, bias): (f32, f32),
+    delta: &[f32],
+    b: &[f32],
+    u: &[f32],
+    decay: &mut [f32],
+    drive: &mut [f32],
+) {
+    let len = decay.len();
+    let (delta, b, u, drive) = (&delta[..len], &b[..len], &u[..len], &mut drive[..len]);
+    for p in 0..len {
+        let dt = fastmath::softplus(delta[p] + bias);
+        decay[p] = fastmath::exp(dt * a);
+        drive[p] = dt * b[p] * u[p];
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn softplus_branches() {
-        assert_eq!(softplus(25.0), 25.0);
-        assert_eq!(softplus(100.0), 100.0);
-        assert!((softplus(0.0) - std::f32::consts::LN_2).abs() < 1e-7);
-        assert!((softplus(20.0) - 20.0).abs() < 1e-6);
-        assert!(softplus(-100.0) >= 0.0 && softplus(-100.0) < 1e-30);
-    }
 
     #[test]
     fn single_step_closed_form() {

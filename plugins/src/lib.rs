@@ -26,6 +26,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod fastmath;
 #[cfg(all(feature = "ort", feature = "cuda"))]
 pub mod ort_cuda_op;
 #[cfg(feature = "ort")]

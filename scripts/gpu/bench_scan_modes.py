@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""The `--scan` modes of one model on ONNX Runtime's CUDA execution provider: file size, session load
+time, node placement, agreement with the custom-op export, batch-1 latency and batch-128 throughput.
+
+    python3 scripts/gpu/bench_scan_modes.py --library libgroupmamba_ops.so \
+        --model custom=tiny.onnx:lib --model portable=tiny-portable.onnx \
+        --model function-without-library=tiny-function.onnx --model function-with-library=tiny-function.onnx:lib \
+        --out scan-modes.json
+
+`NAME=PATH[:lib]`: `:lib` registers our custom-op library (built with --features cuda) in that session;
+without it the session has no library (a portable export needs none; a function export then runs its
+body). The first model is the baseline of the ratios. Timing as scripts/gpu/bench_ort.py: input and
+output bound once in GPU memory (I/O binding), warm-up excluded, median and p99 of synchronous runs.
+Placement: the share of nodes ONNX Runtime assigned to the CUDA EP (ORT's profiler), and whether a
+session with `session.disable_cpu_ep_fallback=1` is accepted.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_ort  # noqa: E402  (torch first: it loads the CUDA runtime the EP needs)
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+
+def session(path, library, strict=False, profile_prefix=None):
+    so = ort.SessionOptions()
+    if library:
+        so.register_custom_ops_library(library)
+    so.log_severity_level = 3
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    if strict:
+        so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    providers = [("CUDAExecutionProvider", {"device_id": "0", "use_tf32": "0"})]
+    if not strict:
+        providers.append("CPUExecutionProvider")
+    return ort.InferenceSession(path, so, providers=providers)
+
+
+def placement(path, library, out_dir, size):
+    s = session(path, library, profile_prefix=os.path.join(out_dir, "modes-profile"))
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
+    s.run(None, {s.get_inputs()[0].name: x})
+    prof = s.end_profiling()
+    with open(prof) as f:
+        events = json.load(f)
+    os.remove(prof)
+    providers, ops_cpu = {}, {}
+    for e in events:
+        a = e.get("args", {})
+        if e.get("cat") == "Node" and "provider" in a and e["name"].endswith("_kernel_time"):
+            providers[a["provider"]] = providers.get(a["provider"], 0) + 1
+            if a["provider"] != "CUDAExecutionProvider":
+                ops_cpu[a.get("op_name")] = ops_cpu.get(a.get("op_name"), 0) + 1
+    try:
+        session(path, library, strict=True)
+        strict = "accepted (every node on the CUDA EP)"
+    except Exception as e:  # noqa: BLE001
+        strict = f"refused: {str(e)[:300]}"
+    ops = {}
+    for e in events:
+        a = e.get("args", {})
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            ops[a.get("op_name")] = ops.get(a.get("op_name"), 0) + 1
+    return {"kernels_by_provider": providers, "non_cuda_ops": ops_cpu, "selective_scan_nodes": ops.get("SelectiveScan", 0),
+            "disable_cpu_ep_fallback": strict}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--library", required=True, help="libgroupmamba_ops.so built with --features cuda")
+    ap.add_argument("--model", action="append", required=True, metavar="NAME=PATH[:lib]")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batches", default="1,128")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    batches = [int(b) for b in args.batches.split(",")]
+    report = {"onnxruntime": ort.__version__, "device": bench_ort.torch.cuda.get_device_name()
+              if bench_ort.torch is not None else None, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "method": "CUDA EP, TF32 off, I/O binding (input/output in GPU memory), warm-up excluded; "
+                        "load = InferenceSession construction (wall clock)", "models": []}
+    x = np.random.default_rng(1).standard_normal((2, 3, args.size, args.size), dtype=np.float32)
+    baseline = None
+    for spec in args.model:
+        name, rest = spec.split("=", 1)
+        path, _, flag = rest.partition(":")
+        library = args.library if flag == "lib" else None
+        entry = {"name": name, "path": os.path.basename(path), "library_registered": bool(library),
+                 "file_mb": round(os.path.getsize(path) / 2**20, 2)}
+        t = time.perf_counter()
+        try:
+            s = session(path, library)
+        except Exception as e:  # noqa: BLE001
+            entry["error"] = f"session refused: {str(e)[:400]}"
+            print(json.dumps(entry), flush=True)
+            report["models"].append(entry)
+            continue
+        entry["load_s"] = round(time.perf_counter() - t, 3)
+        y = s.run(None, {s.get_inputs()[0].name: x})[0]
+        if baseline is None:
+            baseline = (name, y)
+        else:
+            entry["max_abs_vs_" + baseline[0]] = float(np.abs(y - baseline[1]).max())
+        entry["placement"] = placement(path, library, out_dir, args.size)
+        r = bench_ort.Runner(argparse.Namespace(provider="cuda", library=library))
+        entry["bench"] = [bench_ort.bench_one(r, s, b, bench_ort.iters_for(b, 1.0), 10, args.size) for b in batches]
+        del s
+        print(json.dumps(entry), flush=True)
+        report["models"].append(entry)
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+    base = report["models"][0] if report["models"] and "bench" in report["models"][0] else None
+    if base:
+        for m in report["models"][1:]:
+            if "bench" not in m:
+                continue
+            m["latency_over_" + base["name"]] = {
+                str(b["batch"]): round(b["median_ms"] / bb["median_ms"], 3)
+                for b, bb in zip(m["bench"], base["bench"])}
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+    for m in report["models"]:
+        if "bench" in m:
+            print(f"{m['name']:>26}: load {m['load_s']:.2f} s, " + ", ".join(
+                f"batch {b['batch']} {b['median_ms']:.2f} ms ({b['img_per_s']:.0f} img/s)" for b in m["bench"]),
+                m.get("latency_over_" + base["name"], ""), flush=True)
+        else:
+            print(f"{m['name']:>26}: {m.get('error')}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
