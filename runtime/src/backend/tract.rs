@@ -1,5 +1,11 @@
 //! CPU backend through tract, with the selective-scan op registered.
+//!
+//! The model is decluttered once with its symbolic batch, then optimised per batch size on first
+//! use: with every dimension concrete, tract picks its specialised kernels (a direct depthwise
+//! convolution instead of im2col + matrix product, packed matrix products), which more than
+//! halves the run time of GroupMamba's graph.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use tract_onnx::prelude::*;
@@ -12,7 +18,12 @@ type Runnable = Arc<TypedRunnableModel>;
 
 pub struct TractBackend {
     path: PathBuf,
-    model: Runnable,
+    /// Decluttered, batch still symbolic.
+    model: TypedModel,
+    /// The symbolic batch dimension, if the input has one.
+    batch: Option<Symbol>,
+    /// Optimised runnables by batch size (one entry for a fixed-batch model).
+    runnables: HashMap<usize, Runnable>,
     input: Vec<InputDim>,
     outputs: Vec<String>,
 }
@@ -45,15 +56,39 @@ impl TractBackend {
             .map(|o| model.outlet_label(*o).unwrap_or("output").to_string())
             .collect();
         let model = model
-            .into_optimized()
-            .and_then(|m| m.into_runnable())
+            .into_typed()
+            .and_then(|m| m.into_decluttered())
             .map_err(load_err)?;
+        let batch = match shape.first().and_then(|d| d.concretize()) {
+            Some(TDim::Sym(sym)) => Some(sym),
+            _ => None,
+        };
         Ok(Self {
             path: path.to_path_buf(),
             model,
+            batch,
+            runnables: HashMap::new(),
             input,
             outputs,
         })
+    }
+
+    /// The runnable plan for `batch` images, optimised on first use.
+    pub fn runnable(&mut self, batch: usize) -> TractResult<Runnable> {
+        let key = if self.batch.is_some() { batch } else { 0 };
+        if let Some(r) = self.runnables.get(&key) {
+            return Ok(r.clone());
+        }
+        let model = match &self.batch {
+            Some(sym) => {
+                let subs = HashMap::from([(sym.clone(), TDim::Val(batch as i64))]);
+                self.model.set_symbols(&subs)?
+            }
+            None => self.model.clone(),
+        };
+        let runnable = model.into_optimized()?.into_runnable()?;
+        self.runnables.insert(key, runnable.clone());
+        Ok(runnable)
     }
 }
 
@@ -71,12 +106,15 @@ impl Backend for TractBackend {
     }
 
     fn run(&mut self, images: &HostTensor) -> Result<Vec<HostTensor>, BackendError> {
+        let path = self.path.display().to_string();
         let run_err = |e: TractError| BackendError::Run {
-            model: self.path.display().to_string(),
+            model: path.clone(),
             message: format!("{e:#}"),
         };
         let input = Tensor::from_shape(&images.shape, &images.data).map_err(run_err)?;
-        let outputs = self.model.run(tvec!(input.into())).map_err(run_err)?;
+        let batch = images.shape.first().copied().unwrap_or(1);
+        let model = self.runnable(batch).map_err(run_err)?;
+        let outputs = model.run(tvec!(input.into())).map_err(run_err)?;
         outputs
             .iter()
             .map(|t| {

@@ -1,6 +1,7 @@
 //! gm-bench: latency and throughput of an exported model on CPU, through tract or ONNX Runtime.
 //!
-//! Loads the model once per backend, runs `--warmup` untimed batches, then `--iters` timed ones
+//! Loads the model once per backend, runs `--warmup` untimed batches (at least one: its time is
+//! reported as `first_run_s`, it includes per-batch-size preparation), then `--iters` timed ones
 //! on a fixed pseudo-random input, and prints one JSON object per (backend, batch) on stdout:
 //! median/min/p90 latency in ms and throughput (images/s = batch / median). Used by
 //! scripts/bench_cpu.py, which adds machine information and writes benchmarks/*.json.
@@ -36,7 +37,7 @@ struct Args {
     /// Timed runs per (backend, batch).
     #[arg(long, default_value_t = 20)]
     iters: usize,
-    /// Untimed runs before timing.
+    /// Untimed runs before timing (at least 1).
     #[arg(long, default_value_t = 3)]
     warmup: usize,
     /// ONNX Runtime intra-op threads (default: ONNX Runtime's choice, one per physical core).
@@ -84,12 +85,7 @@ fn profile_tract(args: &Args, runs: usize) -> Result<Vec<(String, f64, usize)>> 
     use tract_onnx::prelude::*;
     use tract_onnx::tract_core::plan::eval;
 
-    let mut onnx = tract_onnx::onnx();
-    gm_ops::tract_op::register(&mut onnx);
-    let plan = onnx
-        .model_for_path(&args.model)?
-        .into_optimized()?
-        .into_runnable()?;
+    let plan = TractBackend::load(&args.model)?.runnable(args.batch[0])?;
     let x = input(args.batch[0], args.size);
     let tensor = Tensor::from_shape(&x.shape, &x.data)?;
     let mut per_op: HashMap<String, (f64, usize)> = HashMap::new();
@@ -154,7 +150,12 @@ fn run() -> Result<()> {
         let load_s = started.elapsed().as_secs_f64();
         for &batch in &args.batch {
             let x = input(batch, args.size);
-            for _ in 0..args.warmup {
+            // The first run includes per-batch-size preparation (tract optimises its plan for
+            // each batch size on first use): reported apart as first_run_s.
+            let first = Instant::now();
+            backend.run(&x)?;
+            let first_run_s = first.elapsed().as_secs_f64();
+            for _ in 1..args.warmup {
                 backend.run(&x)?;
             }
             let mut ms = Vec::with_capacity(args.iters);
@@ -181,7 +182,8 @@ fn run() -> Result<()> {
             println!(
                 "{{\"backend\": \"{name}\", \"runtime\": \"{}\", \"batch\": {batch}, \"size\": {}, \
                  \"iters\": {}, \"warmup\": {}, \"median_ms\": {median:.3}, \"min_ms\": {:.3}, \
-                 \"p90_ms\": {p90:.3}, \"images_per_s\": {:.2}, \"load_s\": {load_s:.3}}}",
+                 \"p90_ms\": {p90:.3}, \"images_per_s\": {:.2}, \"load_s\": {load_s:.3}, \
+                 \"first_run_s\": {first_run_s:.3}}}",
                 detail.replace('\\', "\\\\").replace('"', "\\\""),
                 args.size,
                 args.iters,
