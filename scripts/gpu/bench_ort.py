@@ -48,7 +48,8 @@ class Runner:
 
     def options(self, profile_prefix=None, strict=False):
         so = ort.SessionOptions()
-        so.register_custom_ops_library(self.args.library)
+        if self.args.library:  # None: no custom-op library (e.g. a portable export)
+            so.register_custom_ops_library(self.args.library)
         so.log_severity_level = 3
         if profile_prefix:
             so.enable_profiling = True
@@ -61,6 +62,7 @@ class Runner:
         if not self.cuda:
             return ["CPUExecutionProvider"]
         opts = {"device_id": "0", "use_tf32": "1" if tf32 else "0"}
+        opts.update(dict(kv.split("=", 1) for kv in (getattr(self.args, "ep_option", None) or [])))
         if graph:
             opts["enable_cuda_graph"] = "1"
         # strict: no CPU provider at all (ORT refuses disable_cpu_ep_fallback next to an explicit CPU EP)
@@ -294,11 +296,13 @@ def main():
     ap.add_argument("--batches", default="1,8,32,128")
     ap.add_argument("--iters-scale", type=float, default=1.0)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--ep-option", action="append", metavar="KEY=VALUE",
+                    help="extra CUDA execution provider option (e.g. prefer_nhwc=1); repeatable")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     r = Runner(args)
     batches = [int(b) for b in args.batches.split(",")]
-    report = {"onnxruntime": ort.__version__, "provider": args.provider,
+    report = {"onnxruntime": ort.__version__, "provider": args.provider, "ep_options": args.ep_option,
               "available_providers": ort.get_available_providers(), "library": args.library,
               "device": torch.cuda.get_device_name() if (torch is not None and r.cuda) else None,
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}

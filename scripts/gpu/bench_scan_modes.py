@@ -26,24 +26,12 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 
-def session(path, library, strict=False, profile_prefix=None):
-    so = ort.SessionOptions()
-    if library:
-        so.register_custom_ops_library(library)
-    so.log_severity_level = 3
-    if profile_prefix:
-        so.enable_profiling = True
-        so.profile_file_prefix = profile_prefix
-    if strict:
-        so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    providers = [("CUDAExecutionProvider", {"device_id": "0", "use_tf32": "0"})]
-    if not strict:
-        providers.append("CPUExecutionProvider")
-    return ort.InferenceSession(path, so, providers=providers)
+def runner(provider, library):
+    return bench_ort.Runner(argparse.Namespace(provider=provider, library=library))
 
 
-def placement(path, library, out_dir, size):
-    s = session(path, library, profile_prefix=os.path.join(out_dir, "modes-profile"))
+def placement(r, path, out_dir, size):
+    s = r.session(path, profile_prefix=os.path.join(out_dir, "modes-profile"))
     x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
     s.run(None, {s.get_inputs()[0].name: x})
     prof = s.end_profiling()
@@ -57,11 +45,14 @@ def placement(path, library, out_dir, size):
             providers[a["provider"]] = providers.get(a["provider"], 0) + 1
             if a["provider"] != "CUDAExecutionProvider":
                 ops_cpu[a.get("op_name")] = ops_cpu.get(a.get("op_name"), 0) + 1
-    try:
-        session(path, library, strict=True)
-        strict = "accepted (every node on the CUDA EP)"
-    except Exception as e:  # noqa: BLE001
-        strict = f"refused: {str(e)[:300]}"
+    if not r.cuda:
+        strict = "not tried (CPU provider)"
+    else:
+        try:
+            r.session(path, strict=True)
+            strict = "accepted (every node on the CUDA EP)"
+        except Exception as e:  # noqa: BLE001
+            strict = f"refused: {str(e)[:300]}"
     ops = {}
     for e in events:
         a = e.get("args", {})
@@ -77,12 +68,13 @@ def main():
     ap.add_argument("--model", action="append", required=True, metavar="NAME=PATH[:lib]")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batches", default="1,128")
+    ap.add_argument("--provider", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run without a GPU")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     out_dir = os.path.dirname(os.path.abspath(args.out))
     batches = [int(b) for b in args.batches.split(",")]
     report = {"onnxruntime": ort.__version__, "device": bench_ort.torch.cuda.get_device_name()
-              if bench_ort.torch is not None else None, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              if (bench_ort.torch is not None and args.provider == "cuda") else None, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
               "method": "CUDA EP, TF32 off, I/O binding (input/output in GPU memory), warm-up excluded; "
                         "load = InferenceSession construction (wall clock)", "models": []}
     x = np.random.default_rng(1).standard_normal((2, 3, args.size, args.size), dtype=np.float32)
@@ -93,9 +85,10 @@ def main():
         library = args.library if flag == "lib" else None
         entry = {"name": name, "path": os.path.basename(path), "library_registered": bool(library),
                  "file_mb": round(os.path.getsize(path) / 2**20, 2)}
+        r = runner(args.provider, library)
         t = time.perf_counter()
         try:
-            s = session(path, library)
+            s = r.session(path)
         except Exception as e:  # noqa: BLE001
             entry["error"] = f"session refused: {str(e)[:400]}"
             print(json.dumps(entry), flush=True)
@@ -107,8 +100,7 @@ def main():
             baseline = (name, y)
         else:
             entry["max_abs_vs_" + baseline[0]] = float(np.abs(y - baseline[1]).max())
-        entry["placement"] = placement(path, library, out_dir, args.size)
-        r = bench_ort.Runner(argparse.Namespace(provider="cuda", library=library))
+        entry["placement"] = placement(r, path, out_dir, args.size)
         entry["bench"] = [bench_ort.bench_one(r, s, b, bench_ort.iters_for(b, 1.0), 10, args.size) for b in batches]
         del s
         print(json.dumps(entry), flush=True)
