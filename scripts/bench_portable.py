@@ -4,7 +4,12 @@ ONNX Runtime session load time and batch-1 latency (ORT CPU with our library for
 without any library for the portable one), and tract latency (gm-bench). Also picks the portable chunk
 length by measurement (the fastest ORT latency among --chunks).
 
+With --function it also measures the function export (`--scan function`) in ORT without our library
+(the function's body inlined) and with it (our op); tract is not timed for it (tract runs our op, as
+for the custom-op export).
+
     python3 scripts/bench_portable.py            # -> benchmarks/portable-cpu-tiny-224.json
+    python3 scripts/bench_portable.py --function --chunks 16 --out target/bench/function-cpu-tiny-224.json
 
 A benchmark, not a test: run it on a quiet machine; nothing is asserted.
 """
@@ -57,34 +62,47 @@ def main():
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "portable-cpu-tiny-224.json"))
+    ap.add_argument("--function", action="store_true", help="also the function export, without and with our library")
     args = ap.parse_args()
     sh(["cargo", "build", "--release", "-q", "-p", "gm-converter", "-p", "gm-runtime", "-p", "gm-ort-library"])
     library = os.path.join(ROOT, "target", "release", "libgroupmamba_ops.so")
     out_dir = os.path.join(ROOT, "target", "bench")
     os.makedirs(out_dir, exist_ok=True)
-    variants = [("custom", [])] + [(f"portable-{c}", ["--scan", "portable", "--scan-chunk", c])
-                                   for c in args.chunks.split(",")]
+    # (name, export file, gm-export flags, our library registered in ORT, time tract)
+    variants = [("custom", "custom", [], True, True)]
+    if args.function:
+        function = ["--scan", "function"]
+        variants += [("function-without-library", "function", function, False, False),
+                     ("function-with-library", "function", function, True, False)]
+    variants += [(f"portable-{c}", f"portable-{c}", ["--scan", "portable", "--scan-chunk", c], False, True)
+                 for c in args.chunks.split(",")]
     results = []
-    for name, flags in variants:
-        path = os.path.join(out_dir, f"tiny_224_{name}.onnx")
-        sh(["target/release/gm-export", "--variant", "tiny", "--out", path] + flags)
+    exported = set()
+    for name, file, flags, with_library, time_tract in variants:
+        path = os.path.join(out_dir, f"tiny_224_{file}.onnx")
+        if file not in exported:
+            sh(["target/release/gm-export", "--variant", "tiny", "--out", path] + flags)
+            exported.add(file)
         import onnx
         nodes = len(onnx.load(path, load_external_data=False).graph.node)
-        session, load_s = ort_session(path, library if name == "custom" else None)
+        session, load_s = ort_session(path, library if with_library else None)
         ort_ms = ort_latency_ms(session, args.iters, args.warmup)
-        tract = json.loads(sh(["target/release/gm-bench", "--model", path, "--backend", "tract", "--batch", "1",
-                               "--iters", str(max(3, args.iters // 2)), "--warmup", "1"]).splitlines()[0])
-        r = {"export": name, "file_bytes": os.path.getsize(path), "nodes": nodes,
-             "ort_load_s": load_s, "ort_cpu_1thread_batch1_ms": ort_ms,
-             "tract_batch1_ms": tract["median_ms"], "tract_load_s": tract.get("load_s")}
+        r = {"export": name, "file_bytes": os.path.getsize(path), "nodes": nodes, "ort_library": with_library,
+             "ort_load_s": load_s, "ort_cpu_1thread_batch1_ms": ort_ms}
+        if time_tract:
+            tract = json.loads(sh(["target/release/gm-bench", "--model", path, "--backend", "tract", "--batch", "1",
+                                   "--iters", str(max(3, args.iters // 2)), "--warmup", "1"]).splitlines()[0])
+            r.update({"tract_batch1_ms": tract["median_ms"], "tract_load_s": tract.get("load_s")})
         results.append(r)
         print(json.dumps(r), flush=True)
     custom = results[0]
     for r in results[1:]:
         r["ort_ratio_vs_custom"] = r["ort_cpu_1thread_batch1_ms"] / custom["ort_cpu_1thread_batch1_ms"]
-        r["tract_ratio_vs_custom"] = r["tract_batch1_ms"] / custom["tract_batch1_ms"]
-    best = min(results[1:], key=lambda r: r["ort_cpu_1thread_batch1_ms"])
-    report = {"benchmark": "portable vs custom-op export, GroupMamba-Tiny 224x224, CPU, FP32, batch 1",
+        if "tract_batch1_ms" in r:
+            r["tract_ratio_vs_custom"] = r["tract_batch1_ms"] / custom["tract_batch1_ms"]
+    best = min((r for r in results if r["export"].startswith("portable")), key=lambda r: r["ort_cpu_1thread_batch1_ms"])
+    compared = "portable and function" if args.function else "portable"
+    report = {"benchmark": f"{compared} vs custom-op export, GroupMamba-Tiny 224x224, CPU, FP32, batch 1",
               "command": " ".join([sys.executable] + sys.argv), "machine": machine_info(), "versions": versions(),
               "results": results, "fastest_portable": best["export"],
               "targets": {"cpu_latency_ratio_max": 2.0, "load_s_max": 2.0}}

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The test command (README, CI): installs what the checks need, then runs
 #   1. the Rust tests (unit, loader errors, scan fixtures, end-to-end parity with the official model),
-#   2. the ONNX reference checker (full_check) on exported models: tiny at 224 and both fixtures,
+#   2. the ONNX reference checker (full_check) on exported models: tiny at 224 and both fixtures (custom
+#      op, portable, function; FP16 function),
 #   3. the custom-op library libgroupmamba_ops.so in Python onnxruntime: both fixtures' logits (newest
-#      onnxruntime from requirements-test.txt), and loading in the oldest supported wheel (1.19.2).
+#      onnxruntime from requirements-test.txt), and loading in the oldest supported wheel (1.19.2);
+#      the portable exports in ONNX Runtime and OpenVINO; the function exports (--scan function) in
+#      ONNX Runtime with our library (op used) and without (function inlined), newest and 1.19.2, and
+#      in OpenVINO (reported; after onnx.inliner checked).
 #   4. gm-run classify: its image preprocessing against PIL + torchvision (scripts/preprocess_parity.py).
 # ONNX Runtime is required (GM_REQUIRE_ORT=1): the Rust ORT tests fail instead of skipping without it.
 # Needs ../shared/parity beside the checkout (the official-model fixtures).
@@ -31,7 +35,12 @@ for case in custom-64x64 custom-72x100; do
     --height "$1" --width "$2" --out "$out/$case.onnx"
   target/debug/gm-export --config "$dir/config.json" --checkpoint "$dir"/*.pth \
     --height "$1" --width "$2" --scan portable --out "$out/$case-portable.onnx"
+  target/debug/gm-export --config "$dir/config.json" --checkpoint "$dir"/*.pth \
+    --height "$1" --width "$2" --scan function --out "$out/$case-function.onnx"
 done
+dir=../shared/parity/custom-64x64
+target/debug/gm-export --config "$dir/config.json" --checkpoint "$dir"/*.pth --height 64 --width 64 \
+  --scan function --precision fp16 --out "$out/custom-64x64-function-fp16.onnx"
 python3 scripts/check_onnx.py "$out"/*.onnx
 
 # The custom-op library through Python onnxruntime.
@@ -49,6 +58,14 @@ python3 scripts/portable_parity.py --fixtures ../shared/parity \
   --model custom-64x64="$out/custom-64x64-portable.onnx" \
   --model custom-72x100="$out/custom-72x100-portable.onnx" \
   --custom-op-model "$out/custom-64x64.onnx"
+# The function exports: ONNX Runtime with our library (must run the op) and without it (must inline the
+# function), newest and oldest wheel; OpenVINO as it is (reported) and after onnx.inliner.
+function_models=(--model custom-64x64="$out/custom-64x64-function.onnx"
+  --model custom-72x100="$out/custom-72x100-function.onnx")
+python3 scripts/function_parity.py --fixtures ../shared/parity --library "$lib" "${function_models[@]}" \
+  --fp16-model custom-64x64="$out/custom-64x64-function-fp16.onnx"
+PYTHONPATH="$old" python3 scripts/function_parity.py --fixtures ../shared/parity --library "$lib" \
+  "${function_models[@]}"
 
 # gm-run classify's image preprocessing against PIL + torchvision's evaluation transform (max abs
 # difference per image, tolerance 1e-2), and its top-1 on the fixture checkpoints' models. Pillow is

@@ -8,6 +8,7 @@ use prost::Message;
 use thiserror::Error;
 
 use crate::model::emit::{Emitter, ScanMode, BATCH};
+use crate::model::function_scan::selective_scan_function;
 use crate::model::params::{expected_tensors, parameter_count, random_weights};
 use crate::model::{GroupMamba, ModelConfig};
 use crate::onnx::proto::{DataType, ModelProto, OperatorSetIdProto, StringStringEntryProto};
@@ -206,7 +207,7 @@ pub fn build_model(
         domain: String::new(),
         version: ONNX_OPSET,
     }];
-    if opts.scan == ScanMode::CustomOp {
+    if matches!(opts.scan, ScanMode::CustomOp | ScanMode::Function { .. }) {
         opset_import.push(OperatorSetIdProto {
             domain: gm_ops::spec::DOMAIN.to_string(),
             version: gm_ops::spec::OPSET_VERSION,
@@ -228,6 +229,13 @@ pub fn build_model(
                     gm_ops::spec::OP_TYPE,
                     gm_ops::spec::OPSET_VERSION
                 ),
+                ScanMode::Function { .. } => format!(
+                    "{}::{} v{}, with a model-local function of the same name that runtimes \
+                     without the op inline",
+                    gm_ops::spec::DOMAIN,
+                    gm_ops::spec::OP_TYPE,
+                    gm_ops::spec::OPSET_VERSION
+                ),
                 ScanMode::Portable { .. } => scan_name(opts.scan),
             }
         ),
@@ -237,7 +245,10 @@ pub fn build_model(
             .into_iter()
             .map(|(key, value)| StringStringEntryProto { key, value })
             .collect(),
-        functions: vec![],
+        functions: match opts.scan {
+            ScanMode::Function { chunk } => vec![selective_scan_function(chunk, ONNX_OPSET)],
+            _ => vec![],
+        },
     }
 }
 
@@ -245,6 +256,7 @@ pub fn scan_name(scan: ScanMode) -> String {
     match scan {
         ScanMode::CustomOp => "custom-op".to_string(),
         ScanMode::Portable { chunk } => format!("portable (chunk {chunk})"),
+        ScanMode::Function { chunk } => format!("function (chunk {chunk})"),
     }
 }
 
@@ -324,4 +336,99 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
         let _ = std::fs::remove_file(&tmp);
         err(e)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::function_scan::{ATTRIBUTE, INPUTS, OUTPUT};
+
+    fn build(scan: ScanMode) -> ModelProto {
+        let config = ModelConfig {
+            variant: "custom".into(),
+            stem_hidden_dim: 8,
+            embed_dims: [16, 16, 32, 32],
+            depths: [1, 1, 1, 1],
+            mlp_ratios: [2, 2, 2, 2],
+            num_classes: 10,
+            in_chans: 3,
+            distillation: true,
+        };
+        let model = GroupMamba::new(config.clone());
+        let weights = random_weights(&model.params().specs, 0);
+        let opts = ExportOptions {
+            config,
+            checkpoint: None,
+            seed: 0,
+            height: 40,
+            width: 24,
+            debug_outputs: false,
+            allow_nonfinite: false,
+            precision: FloatType::F32,
+            scan,
+            out: PathBuf::from("unused.onnx"),
+        };
+        build_model(&model, &weights, &opts, vec![])
+    }
+
+    fn meta(m: &ModelProto, key: &str) -> String {
+        let entry = m.metadata_props.iter().find(|e| e.key == key).unwrap();
+        entry.value.clone()
+    }
+
+    /// `--scan function`: the custom-op graph, opsets and IR version, plus one function with the
+    /// op's interface; the scan mode in the metadata.
+    #[test]
+    fn function_export_is_the_custom_graph_plus_one_function() {
+        let custom = build(ScanMode::CustomOp);
+        let function = build(ScanMode::Function { chunk: 16 });
+        assert_eq!(function.graph, custom.graph);
+        assert_eq!(function.opset_import, custom.opset_import);
+        assert_eq!(function.ir_version, 8);
+        assert!(custom.functions.is_empty());
+        assert_eq!(meta(&custom, "groupmamba.scan"), "custom-op");
+        assert_eq!(meta(&function, "groupmamba.scan"), "function (chunk 16)");
+
+        assert_eq!(function.functions.len(), 1);
+        let f = &function.functions[0];
+        assert_eq!(
+            (f.domain.as_str(), f.name.as_str()),
+            (gm_ops::spec::DOMAIN, gm_ops::spec::OP_TYPE)
+        );
+        assert_eq!(f.input, INPUTS);
+        assert_eq!(f.output, [OUTPUT]);
+        assert_eq!(f.attribute, [ATTRIBUTE]);
+        assert_eq!(
+            f.opset_import,
+            [OperatorSetIdProto {
+                domain: String::new(),
+                version: ONNX_OPSET
+            }]
+        );
+        // Standard operators only, no Loop/Scan, every value defined before it is used, and the
+        // output produced by the last node.
+        let mut defined: std::collections::HashSet<&str> = INPUTS.into_iter().collect();
+        for node in &f.node {
+            assert_eq!(node.domain, "", "{}", node.op_type);
+            assert!(!["Loop", "Scan", "If"].contains(&node.op_type.as_str()));
+            for input in &node.input {
+                assert!(
+                    defined.contains(input.as_str()),
+                    "{input} used before defined"
+                );
+            }
+            defined.extend(node.output.iter().map(String::as_str));
+        }
+        assert_eq!(f.node.last().unwrap().op_type, "CastLike");
+        assert_eq!(f.node.last().unwrap().output, [OUTPUT]);
+        // `directions` enters through one Constant referring to the call's attribute.
+        let refs: Vec<_> = f
+            .node
+            .iter()
+            .flat_map(|n| &n.attribute)
+            .filter(|a| !a.ref_attr_name.is_empty())
+            .collect();
+        assert_eq!(refs.len(), 1);
+        assert_eq!(refs[0].ref_attr_name, ATTRIBUTE);
+    }
 }

@@ -43,6 +43,18 @@ fn custom_72x100_portable_scan_matches_official() {
     check_case("custom-72x100", ScanMode::Portable { chunk: 7 });
 }
 
+/// The function export (`--scan function`): tract ignores the model-local function and runs our
+/// registered op (tract keys ops by type), so this must match exactly as the custom-op export.
+#[test]
+fn custom_64x64_function_export_matches_official() {
+    check_case("custom-64x64", ScanMode::Function { chunk: 16 });
+}
+
+#[test]
+fn custom_72x100_function_export_matches_official() {
+    check_case("custom-72x100", ScanMode::Function { chunk: 16 });
+}
+
 /// FP16 export (weights and activations FP16, scan state FP32) through tract: logits must keep
 /// cosine similarity ≥ 0.9999 with the official FP32 logits and the same top-1 class.
 fn check_fp16_case(case: &str) {

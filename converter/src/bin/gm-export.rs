@@ -15,7 +15,7 @@ use gm_converter::weights::{load_checkpoint, WeightsError};
 #[derive(Parser, Debug)]
 #[command(
     version,
-    about = "Export a GroupMamba model to ONNX (custom selective-scan op)"
+    about = "Export a GroupMamba model to ONNX (selective scan as a custom op, a model-local function or standard ops)"
 )]
 struct Args {
     /// Official configuration.
@@ -48,11 +48,17 @@ struct Args {
     /// the scan's state and its per-channel parameters stay FP32).
     #[arg(long, value_parser = ["fp32", "fp16"], default_value = "fp32")]
     precision: String,
-    /// How the selective scan is written: `custom` (one ai.groupmamba::SelectiveScan node per
-    /// layer; needs our op in the runtime) or `portable` (standard ONNX operators only).
-    #[arg(long, value_parser = ["custom", "portable"], default_value = "custom")]
+    /// How the selective scan is written. `custom`: one ai.groupmamba::SelectiveScan node per
+    /// layer; fastest, needs our op in the runtime (tract via gm-run, ONNX Runtime with
+    /// libgroupmamba_ops.so). `function`: the same graph plus the op as a model-local ONNX
+    /// function, one file for runtimes with and without our op: with it they run the op (custom-op
+    /// speed), without it a runtime that inlines functions (ONNX Runtime) runs the function's
+    /// generic standard-op body (about 1.6x the custom op's CPU latency; OpenVINO does not inline).
+    /// `portable`: standard ONNX operators only, static shapes; for runtimes that can neither load
+    /// our op nor inline functions (TensorRT without plugin, OpenVINO, ORT Mobile).
+    #[arg(long, value_parser = ["custom", "function", "portable"], default_value = "custom")]
     scan: String,
-    /// Chunk length of the portable scan's closed form.
+    /// Chunk length of the closed form of the portable scan and of the function's body.
     #[arg(long, default_value_t = DEFAULT_CHUNK)]
     scan_chunk: usize,
 }
@@ -72,6 +78,9 @@ fn main() -> ExitCode {
 
 fn run() -> Result<()> {
     let args = Args::parse();
+    if args.scan_chunk == 0 {
+        anyhow::bail!("--scan-chunk 0: the chunk length must be at least 1");
+    }
     let config = match (&args.variant, &args.config) {
         (Some(v), _) => ModelConfig::variant(v)?,
         (None, Some(path)) => ModelConfig::from_file(path)?,
@@ -94,6 +103,9 @@ fn run() -> Result<()> {
         allow_nonfinite: args.allow_nonfinite,
         scan: match args.scan.as_str() {
             "portable" => ScanMode::Portable {
+                chunk: args.scan_chunk,
+            },
+            "function" => ScanMode::Function {
                 chunk: args.scan_chunk,
             },
             _ => ScanMode::CustomOp,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::onnx::proto::DataType;
-use crate::onnx::{Attr, Dim, FloatType, GraphBuilder, Value};
+use crate::onnx::{Attr, Dim, FloatType, GraphBuilder, OpSink, Value};
 use crate::tensor::Tensor;
 
 /// Name of the dynamic batch dimension in the exported graph.
@@ -26,6 +26,10 @@ pub enum ScanMode {
     CustomOp,
     /// Standard ONNX operators only: the exact chunked closed form with chunks of `chunk` steps.
     Portable { chunk: usize },
+    /// The graph of `CustomOp`, plus a model-local function `ai.groupmamba::SelectiveScan` whose
+    /// body (standard operators, generic over shapes and directions, chunks of `chunk` steps) a
+    /// runtime without the op inlines.
+    Function { chunk: usize },
 }
 
 pub struct Emitter<'w> {
@@ -267,6 +271,35 @@ impl<'w> Emitter<'w> {
 
     pub fn elem_type(&self) -> DataType {
         self.float.data_type()
+    }
+}
+
+/// The model graph as an op sink: constants become initializers in the activations' type.
+impl OpSink for Emitter<'_> {
+    fn node(
+        &mut self,
+        op_type: &str,
+        inputs: &[&Value],
+        outputs: usize,
+        attrs: &[(&str, Attr)],
+    ) -> Vec<Value> {
+        self.g.node("", op_type, inputs, outputs, attrs)
+    }
+
+    fn ints(&mut self, values: &[i64]) -> Value {
+        self.g.ints(values)
+    }
+
+    fn int_scalar(&mut self, value: i64) -> Value {
+        self.g.int_scalar(value)
+    }
+
+    fn float_tensor(&mut self, hint: &str, tensor: &Tensor) -> Value {
+        self.constant(hint, tensor)
+    }
+
+    fn float_scalar(&mut self, value: f32) -> Value {
+        self.scalar(value)
     }
 }
 

@@ -153,7 +153,9 @@ impl GroupMambaLayer {
 
         // The scans of the four groups: y (B, G, d, L), row-major spatial order.
         let y = match e.scan {
-            ScanMode::CustomOp => {
+            // `Function` adds the op's model-local function to the model (export.rs); the
+            // graph is the custom-op graph.
+            ScanMode::CustomOp | ScanMode::Function { .. } => {
                 let map = [0, ci, h as i64, w as i64];
                 let rows_map = [0, g, h as i64, w as i64];
                 let delta = e.reshape(&delta, &map);

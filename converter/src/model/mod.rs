@@ -4,6 +4,7 @@
 pub mod block;
 pub mod config;
 pub mod emit;
+pub mod function_scan;
 pub mod layer;
 pub mod network;
 pub mod params;

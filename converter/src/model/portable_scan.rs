@@ -16,15 +16,19 @@
 //!
 //! Scan directions are per-group permutations of the sequence axis (`Gather` with constant
 //! indices, skipped for the identity), undone after the scan.
+//!
+//! The chunk-level building blocks ([`ChunkLevel`], [`within_chunks`]) write through
+//! [`OpSink`]; the model-local function of `--scan function` (`function_scan`) builds its body,
+//! where the length is only known at run time, from the same blocks.
 
 use gm_ops::spec::Direction;
 
 use super::emit::Emitter;
-use crate::onnx::{Attr, Value};
+use crate::onnx::{Attr, OpSink, Value};
 use crate::tensor::Tensor;
 
 /// Above this, softplus(x) = x (the official kernel's threshold).
-const SOFTPLUS_THRESHOLD: f32 = 20.0;
+pub(super) const SOFTPLUS_THRESHOLD: f32 = 20.0;
 
 /// Inputs of one layer's scans, all groups at once, in the layer's grouped layout.
 pub struct PortableScanInputs<'a> {
@@ -123,84 +127,127 @@ fn permute(e: &mut Emitter, x: &Value, perms: &[Vec<usize>], inverse: bool) -> V
 }
 
 /// States h of the recurrence h_t = exp(log_a_t)·h_{t−1} + b_t, h_{−1} = 0, along the last axis
-/// of length `n` of rank-4 tensors (B, G, d, n).
-fn chunked(e: &mut Emitter, log_a: &Value, b: &Value, n: usize, chunk: usize) -> Value {
+/// of length `n` (known at export) of rank-4 tensors (B, G, d, n).
+fn chunked<S: OpSink>(s: &mut S, log_a: &Value, b: &Value, n: usize, chunk: usize) -> Value {
     if n <= chunk {
-        return within_chunks(e, log_a, b, n).0;
+        let mask = s.float_tensor(&format!("causal_mask_{n}"), &causal_mask(n));
+        return within_chunks(s, log_a, b, &mask).0;
     }
     let k = n.div_ceil(chunk);
     let padded = k * chunk;
     let (log_a, b) = if padded > n {
-        // Padding steps have a = 1, b = 0: they leave the state unchanged.
-        let pads = e.g.ints(&[0, 0, 0, 0, 0, 0, 0, (padded - n) as i64]);
-        (
-            e.g.op("Pad", &[log_a, &pads], &[]),
-            e.g.op("Pad", &[b, &pads], &[]),
-        )
+        let pads = s.ints(&[0, 0, 0, 0, 0, 0, 0, (padded - n) as i64]);
+        pad_end(s, log_a, b, &pads)
     } else {
         (log_a.clone(), b.clone())
     };
-    let (k_i, t_i) = (k as i64, chunk as i64);
-    let log_a = e.reshape(&log_a, &[0, 0, 0, k_i, t_i]);
-    let b = e.reshape(&b, &[0, 0, 0, k_i, t_i]);
-    let (local, cumsum) = within_chunks(e, &log_a, &b, chunk);
-
-    // Each chunk as one step of a recurrence over chunks: decay exp(S_last), input = the chunk's
-    // final local state. Its states are the chunk end states.
-    let last = |e: &mut Emitter, x: &Value| {
-        let starts = e.g.ints(&[t_i - 1]);
-        let ends = e.g.ints(&[t_i]);
-        let axes = e.g.ints(&[4]);
-        let x = e.g.op("Slice", &[x, &starts, &ends, &axes], &[]);
-        e.reshape(&x, &[0, 0, 0, k_i])
-    };
-    let chunk_log_a = last(e, &cumsum);
-    let chunk_b = last(e, &local);
-    let ends = chunked(e, &chunk_log_a, &chunk_b, k, chunk);
-
-    // State entering chunk k = end state of chunk k − 1 (zero for the first).
-    let starts = e.g.ints(&[0]);
-    let stop = e.g.ints(&[k_i - 1]);
-    let axes = e.g.ints(&[3]);
-    let previous = e.g.op("Slice", &[&ends, &starts, &stop, &axes], &[]);
-    let pads = e.g.ints(&[0, 0, 0, 1, 0, 0, 0, 0]);
-    let incoming = e.g.op("Pad", &[&previous, &pads], &[]);
-    let incoming = e.reshape(&incoming, &[0, 0, 0, k_i, 1]);
-    let decay = e.g.op("Exp", &[&cumsum], &[]);
-    let carried = e.mul(&decay, &incoming);
-    let states = e.add(&local, &carried);
-    let states = e.reshape(&states, &[0, 0, 0, padded as i64]);
+    let level = ChunkLevel::solve(s, &log_a, &b, chunk);
+    let ends = chunked(s, &level.chunk_log_a, &level.chunk_b, k, chunk);
+    let states = level.carry(s, &ends);
     if padded == n {
         return states;
     }
-    let starts = e.g.ints(&[0]);
-    let stop = e.g.ints(&[n as i64]);
-    let axes = e.g.ints(&[3]);
-    e.g.op("Slice", &[&states, &starts, &stop, &axes], &[])
+    let starts = s.ints(&[0]);
+    let stop = s.ints(&[n as i64]);
+    let axes = s.ints(&[3]);
+    s.op("Slice", &[&states, &starts, &stop, &axes], &[])
 }
 
-/// Zero-initial-state solution inside chunks of length `t` (the last axis), and the cumulative
-/// sums S of log_a: h_i = Σ_{j ≤ i} exp(S_i − S_j)·b_j.
-fn within_chunks(e: &mut Emitter, log_a: &Value, b: &Value, t: usize) -> (Value, Value) {
-    let axis = e.g.int_scalar(-1);
-    let cumsum = e.g.op("CumSum", &[log_a, &axis], &[]);
-    let last_axis = e.g.ints(&[-1]);
-    let row_axis = e.g.ints(&[-2]);
-    let s_i = e.g.op("Unsqueeze", &[&cumsum, &last_axis], &[]);
-    let s_j = e.g.op("Unsqueeze", &[&cumsum, &row_axis], &[]);
-    let diff = e.g.op("Sub", &[&s_i, &s_j], &[]);
-    let mask = causal_mask(t);
-    let mask = e.constant(&format!("causal_mask_{t}"), &mask);
-    let diff = e.add(&diff, &mask);
-    let decay = e.g.op("Exp", &[&diff], &[]);
-    let b = e.g.op("Unsqueeze", &[b, &last_axis], &[]);
-    let h = e.g.op("MatMul", &[&decay, &b], &[]);
-    let h = e.g.op("Squeeze", &[&h, &last_axis], &[]);
+// ---- building blocks shared with the model-local function's body (`function_scan`) ------------
+
+/// Appends padding steps (a = 1, b = 0: they leave the state unchanged) at the end of the last
+/// axis of rank-4 `log_a` and `b`; `pads` is Pad's 8-element `pads` input.
+pub(super) fn pad_end<S: OpSink>(
+    s: &mut S,
+    log_a: &Value,
+    b: &Value,
+    pads: &Value,
+) -> (Value, Value) {
+    (
+        s.op("Pad", &[log_a, pads], &[]),
+        s.op("Pad", &[b, pads], &[]),
+    )
+}
+
+/// One level of the chunked closed form over the last axis of rank-4 (B, G, d, n) tensors whose
+/// length n is a multiple of the chunk length T.
+pub(super) struct ChunkLevel {
+    /// (B, G, d, K, T): zero-initial-state solution inside each of the K chunks.
+    local: Value,
+    /// (B, G, d, K, T): cumulative sums of log_a inside each chunk.
+    cumsum: Value,
+    /// (B, G, d, K): each chunk as one step of a recurrence over chunks: its decay exp(S_last)
+    /// (as a log) ...
+    pub chunk_log_a: Value,
+    /// ... and its input, the chunk's final local state. The states of that recurrence are the
+    /// chunk end states.
+    pub chunk_b: Value,
+}
+
+impl ChunkLevel {
+    pub(super) fn solve<S: OpSink>(s: &mut S, log_a: &Value, b: &Value, t: usize) -> Self {
+        let t_i = t as i64;
+        let log_a = s.reshape_to(log_a, &[0, 0, 0, -1, t_i]);
+        let b = s.reshape_to(b, &[0, 0, 0, -1, t_i]);
+        let mask = s.float_tensor(&format!("causal_mask_{t}"), &causal_mask(t));
+        let (local, cumsum) = within_chunks(s, &log_a, &b, &mask);
+        let last = s.int_scalar(t_i - 1);
+        let chunk_log_a = s.op("Gather", &[&cumsum, &last], &[("axis", Attr::Int(4))]);
+        let chunk_b = s.op("Gather", &[&local, &last], &[("axis", Attr::Int(4))]);
+        Self {
+            local,
+            cumsum,
+            chunk_log_a,
+            chunk_b,
+        }
+    }
+
+    /// The states (B, G, d, K·T), given the chunk end states `ends` (B, G, d, K): the state
+    /// entering chunk k is the end state of chunk k − 1 (zero for the first), decayed by
+    /// exp(S_i) inside the chunk.
+    pub(super) fn carry<S: OpSink>(&self, s: &mut S, ends: &Value) -> Value {
+        // Shift right by one along K: pad a zero in front, drop the last (no empty tensors).
+        let pads = s.ints(&[0, 0, 0, 1, 0, 0, 0, 0]);
+        let shifted = s.op("Pad", &[ends, &pads], &[]);
+        let starts = s.ints(&[0]);
+        let stop = s.ints(&[-1]);
+        let axes = s.ints(&[3]);
+        let incoming = s.op("Slice", &[&shifted, &starts, &stop, &axes], &[]);
+        let last_axis = s.ints(&[-1]);
+        let incoming = s.op("Unsqueeze", &[&incoming, &last_axis], &[]);
+        let decay = s.op("Exp", &[&self.cumsum], &[]);
+        let carried = s.op("Mul", &[&decay, &incoming], &[]);
+        let states = s.op("Add", &[&self.local, &carried], &[]);
+        s.reshape_to(&states, &[0, 0, 0, -1])
+    }
+}
+
+/// Zero-initial-state solution along the last axis (length t), and the cumulative sums S of
+/// log_a: h_i = Σ_{j ≤ i} exp(S_i − S_j)·b_j. `mask` is t×t: 0 on and below the diagonal, −∞
+/// above (added before `Exp`, so no exponent is ever positive).
+pub(super) fn within_chunks<S: OpSink>(
+    s: &mut S,
+    log_a: &Value,
+    b: &Value,
+    mask: &Value,
+) -> (Value, Value) {
+    let axis = s.int_scalar(-1);
+    let cumsum = s.op("CumSum", &[log_a, &axis], &[]);
+    let last_axis = s.ints(&[-1]);
+    let row_axis = s.ints(&[-2]);
+    let s_i = s.op("Unsqueeze", &[&cumsum, &last_axis], &[]);
+    let s_j = s.op("Unsqueeze", &[&cumsum, &row_axis], &[]);
+    let diff = s.op("Sub", &[&s_i, &s_j], &[]);
+    let diff = s.op("Add", &[&diff, mask], &[]);
+    let decay = s.op("Exp", &[&diff], &[]);
+    let b = s.op("Unsqueeze", &[b, &last_axis], &[]);
+    let h = s.op("MatMul", &[&decay, &b], &[]);
+    let h = s.op("Squeeze", &[&h, &last_axis], &[]);
     (h, cumsum)
 }
 
 /// T×T: 0 on and below the diagonal, −∞ above (exp → 0: no future step contributes).
-fn causal_mask(t: usize) -> Tensor {
+pub(super) fn causal_mask(t: usize) -> Tensor {
     let data = (0..t * t)
         .map(|k| {
             if k % t <= k / t {

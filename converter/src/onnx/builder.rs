@@ -21,6 +21,11 @@ impl Value {
     pub fn name(&self) -> &str {
         &self.0
     }
+
+    /// A value known by name (a function body's formal inputs and outputs).
+    pub(crate) fn named(name: &str) -> Self {
+        Self(name.to_string())
+    }
 }
 
 /// One dimension of a graph input/output: fixed, or symbolic (the dynamic batch).
@@ -37,6 +42,13 @@ pub enum Attr {
     Ints(Vec<i64>),
     Float(f32),
     Str(String),
+    /// A float32 tensor (`Constant`'s `value` inside function bodies, which have no initializers).
+    Tensor(Tensor),
+    /// A 1-D int64 tensor (`Constant`'s `value` inside function bodies).
+    IntTensor(Vec<i64>),
+    /// In a function body: an `ints` attribute whose value is the calling node's attribute of this
+    /// name (`ref_attr_name`).
+    IntsRef(String),
 }
 
 /// Element type of the floating-point values that weights are stored in.
@@ -253,14 +265,14 @@ impl GraphBuilder {
     }
 }
 
-fn attribute(name: &str, attr: &Attr) -> AttributeProto {
+pub(crate) fn attribute(name: &str, attr: &Attr) -> AttributeProto {
     let mut proto = AttributeProto {
         name: name.to_string(),
         ..Default::default()
     };
     match attr {
         Attr::Int(i) => {
-            proto.i = *i;
+            proto.i = Some(*i);
             proto.r#type = AttributeType::Int as i32;
         }
         Attr::Ints(v) => {
@@ -268,12 +280,34 @@ fn attribute(name: &str, attr: &Attr) -> AttributeProto {
             proto.r#type = AttributeType::Ints as i32;
         }
         Attr::Float(f) => {
-            proto.f = *f;
+            proto.f = Some(*f);
             proto.r#type = AttributeType::Float as i32;
         }
         Attr::Str(s) => {
             proto.s = s.as_bytes().to_vec();
             proto.r#type = AttributeType::String as i32;
+        }
+        Attr::Tensor(t) => {
+            proto.t = Some(TensorProto {
+                dims: t.shape.iter().map(|&d| d as i64).collect(),
+                data_type: DataType::Float as i32,
+                name: String::new(),
+                raw_data: t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            });
+            proto.r#type = AttributeType::Tensor as i32;
+        }
+        Attr::IntTensor(values) => {
+            proto.t = Some(TensorProto {
+                dims: vec![values.len() as i64],
+                data_type: DataType::Int64 as i32,
+                name: String::new(),
+                raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            });
+            proto.r#type = AttributeType::Tensor as i32;
+        }
+        Attr::IntsRef(referenced) => {
+            proto.ref_attr_name = referenced.clone();
+            proto.r#type = AttributeType::Ints as i32;
         }
     }
     proto

@@ -101,10 +101,12 @@ pub enum AttributeType {
 pub struct AttributeProto {
     #[prost(string, tag = "1")]
     pub name: String,
-    #[prost(float, tag = "2")]
-    pub f: f32,
-    #[prost(int64, tag = "3")]
-    pub i: i64,
+    /// Optional (proto2 presence): a value of 0 must still be written, or readers that check
+    /// presence (ONNX's `Constant` inference for `value_int`/`value_float`) see no value.
+    #[prost(float, optional, tag = "2")]
+    pub f: Option<f32>,
+    #[prost(int64, optional, tag = "3")]
+    pub i: Option<i64>,
     #[prost(bytes = "vec", tag = "4")]
     pub s: Vec<u8>,
     #[prost(message, optional, tag = "5")]

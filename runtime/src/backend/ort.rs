@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
+use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::{TensorRef, ValueType};
 use thiserror::Error;
@@ -514,6 +515,19 @@ pub fn session_builder(
         .map_err(|e| ort::Error::new(e.to_string()))
 }
 
+/// How [`OrtBackend::load_with_options`] sets up the session.
+#[derive(Debug, Clone, Default)]
+pub struct OrtLoadOptions {
+    /// Intra-op thread count (ONNX Runtime's default, one per physical core, when `None`).
+    pub intra_threads: Option<usize>,
+    /// Leave `ai.groupmamba::SelectiveScan` unregistered. ONNX Runtime then inlines the op's
+    /// model-local function in a `--scan function` export, and refuses a custom-op export.
+    pub without_scan_op: bool,
+    /// Write the graph as ONNX Runtime has it after basic (level 1) optimisation, with the
+    /// function inlined or the op kept, to this file (the level is then basic, not the default).
+    pub optimized_model: Option<PathBuf>,
+}
+
 pub struct OrtBackend {
     path: PathBuf,
     session: Session,
@@ -545,17 +559,45 @@ impl OrtBackend {
         path: &Path,
         intra_threads: Option<usize>,
     ) -> Result<Self, BackendError> {
+        let options = OrtLoadOptions {
+            intra_threads,
+            ..OrtLoadOptions::default()
+        };
+        Self::load_with_options(rt, path, &options)
+    }
+
+    /// Loads `path` in `rt` with `options`.
+    pub fn load_with_options(
+        rt: &'static OrtRuntime,
+        path: &Path,
+        options: &OrtLoadOptions,
+    ) -> Result<Self, BackendError> {
         let load_err = |message: String| BackendError::Load {
             path: path.display().to_string(),
             message,
         };
         let bytes = std::fs::read(path).map_err(|e| load_err(e.to_string()))?;
         check_custom_opset(path, &bytes)?;
-        let session = session_builder(rt)
-            .and_then(|b| match intra_threads {
+        let builder = if options.without_scan_op {
+            Session::builder(rt.environment())
+        } else {
+            session_builder(rt)
+        };
+        let session = builder
+            .and_then(|b| match options.intra_threads {
                 Some(n) => b
                     .with_intra_threads(n)
                     .map_err(|e| ort::Error::new(e.to_string())),
+                None => Ok(b),
+            })
+            .and_then(|b| match &options.optimized_model {
+                Some(file) => {
+                    let plain = |e: ort::Error<_>| ort::Error::new(e.to_string());
+                    let b = b
+                        .with_optimization_level(GraphOptimizationLevel::Level1)
+                        .map_err(plain)?;
+                    b.with_optimized_model_path(file).map_err(plain)
+                }
                 None => Ok(b),
             })
             .and_then(|mut b| {

@@ -1,0 +1,308 @@
+//! The body of the model-local function `ai.groupmamba::SelectiveScan` (`--scan function`) at the
+//! op level, in ONNX Runtime with the op NOT registered (so ONNX Runtime inlines the body), against
+//! the reference CPU kernel (`gm_ops::selective_scan`), on shapes the fixtures do not reach: L = 1,
+//! L not a multiple of the chunk, L beyond chunk² (so the top level's run-time mask has K > 1),
+//! G ≠ 4, repeated and reversed directions, softplus inputs above the threshold, batch > 1, and
+//! float16 u/delta/B/C (the body casts to float32 and `CastLike`s back).
+//!
+//! Each case is a one-node model: the graph input is `u`, the other six inputs are initializers.
+//! Metric: |body − kernel| ≤ 1e-5 + 1e-5·|kernel| elementwise (float32; the body is the exact
+//! chunked closed form, so only rounding differs); float16: ≤ 2e-3·|kernel| + 1e-6 (one f16
+//! rounding of the output, the inputs rounded to f16 identically for both).
+
+use std::path::PathBuf;
+
+use gm_converter::export::{IR_VERSION, ONNX_OPSET};
+use gm_converter::model::function_scan::selective_scan_function;
+use gm_converter::onnx::proto::{DataType, ModelProto, OperatorSetIdProto};
+use gm_converter::onnx::{Attr, Dim, FloatType, GraphBuilder};
+use gm_converter::tensor::Tensor;
+use gm_ops::{
+    selective_scan_to_vec, Direction, ScanInputs, ScanShape, DOMAIN, OPSET_VERSION, OP_TYPE,
+};
+use gm_runtime::backend::ort::{OrtBackend, OrtLoadOptions};
+use gm_runtime::backend::{Backend, HostTensor};
+use gm_tests::ort_or_skip;
+
+struct Case {
+    shape: ScanShape,
+    directions: Vec<i64>,
+    chunk: usize,
+    fp16: bool,
+}
+
+fn case(n: usize, c: usize, g: usize, (h, w): (usize, usize), dirs: &[i64], chunk: usize) -> Case {
+    Case {
+        shape: ScanShape {
+            batch: n,
+            channels: c,
+            groups: g,
+            height: h,
+            width: w,
+        },
+        directions: dirs.to_vec(),
+        chunk,
+        fp16: false,
+    }
+}
+
+/// xorshift64*: deterministic inputs without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let bits = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
+        lo + (hi - lo) * (bits as f32 / (1u64 << 24) as f32)
+    }
+
+    fn vec(&mut self, len: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..len).map(|_| self.uniform(lo, hi)).collect()
+    }
+}
+
+fn round_f16(v: &mut [f32]) {
+    for x in v {
+        *x = half::f16::from_f32(*x).to_f32();
+    }
+}
+
+struct Inputs {
+    u: Vec<f32>,
+    delta: Vec<f32>,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    c: Vec<f32>,
+    d: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+fn inputs(case: &Case, seed: u64) -> Inputs {
+    let ScanShape {
+        batch: n,
+        channels: c,
+        groups: g,
+        height: h,
+        width: w,
+    } = case.shape;
+    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut delta = rng.vec(n * c * h * w, -4.0, 3.0);
+    // Every 7th step far above softplus's threshold (softplus(x) = x there).
+    for x in delta.iter_mut().step_by(7) {
+        *x += 22.0;
+    }
+    let mut inputs = Inputs {
+        u: rng.vec(n * c * h * w, -1.5, 1.5),
+        delta,
+        a: rng.vec(c, -1.5, -0.01),
+        b: rng.vec(n * g * h * w, -1.0, 1.0),
+        c: rng.vec(n * g * h * w, -1.0, 1.0),
+        d: rng.vec(c, -1.0, 1.0),
+        bias: rng.vec(c, -0.5, 0.5),
+    };
+    if case.fp16 {
+        for v in [
+            &mut inputs.u,
+            &mut inputs.delta,
+            &mut inputs.b,
+            &mut inputs.c,
+        ] {
+            round_f16(v);
+        }
+    }
+    inputs
+}
+
+/// A model with one SelectiveScan node and the function: input `u` (float32; cast to float16 in
+/// the graph for fp16 cases), output `y` (float32).
+fn write_model(case: &Case, x: &Inputs, path: &PathBuf) {
+    let ScanShape {
+        batch: n,
+        channels: c,
+        groups: g,
+        height: h,
+        width: w,
+    } = case.shape;
+    let mut gb = GraphBuilder::new("selective_scan_function");
+    let map = [n, c, h, w].map(Dim::Fixed);
+    let u = gb.input("u", DataType::Float, &map);
+    let t = if case.fp16 {
+        FloatType::F16
+    } else {
+        FloatType::F32
+    };
+    let u = if case.fp16 {
+        gb.op(
+            "Cast",
+            &[&u],
+            &[("to", Attr::Int(DataType::Float16 as i64))],
+        )
+    } else {
+        u
+    };
+    let delta = gb.initializer("delta", &Tensor::new(vec![n, c, h, w], x.delta.clone()), t);
+    let rows = |v: &Vec<f32>| Tensor::new(vec![n, g, h, w], v.clone());
+    let b = gb.initializer("B", &rows(&x.b), t);
+    let cc = gb.initializer("C", &rows(&x.c), t);
+    let per_channel = |v: &Vec<f32>| Tensor::new(vec![c], v.clone());
+    let a = gb.initializer("A", &per_channel(&x.a), FloatType::F32);
+    let d = gb.initializer("D", &per_channel(&x.d), FloatType::F32);
+    let bias = gb.initializer("delta_bias", &per_channel(&x.bias), FloatType::F32);
+    let y = gb
+        .node(
+            DOMAIN,
+            OP_TYPE,
+            &[&u, &delta, &a, &b, &cc, &d, &bias],
+            1,
+            &[("directions", Attr::Ints(case.directions.clone()))],
+        )
+        .remove(0);
+    let y = if case.fp16 {
+        gb.op("Cast", &[&y], &[("to", Attr::Int(DataType::Float as i64))])
+    } else {
+        y
+    };
+    gb.output(&y, "y", DataType::Float, &map);
+    let model = ModelProto {
+        ir_version: IR_VERSION,
+        producer_name: "gm-tests".into(),
+        graph: Some(gb.finish()),
+        opset_import: vec![
+            OperatorSetIdProto {
+                domain: String::new(),
+                version: ONNX_OPSET,
+            },
+            OperatorSetIdProto {
+                domain: DOMAIN.into(),
+                version: OPSET_VERSION,
+            },
+        ],
+        functions: vec![selective_scan_function(case.chunk, ONNX_OPSET)],
+        ..ModelProto::default()
+    };
+    use prost::Message;
+    std::fs::write(path, model.encode_to_vec()).unwrap();
+}
+
+fn reference(case: &Case, x: &Inputs) -> Vec<f32> {
+    let directions: Vec<Direction> = case
+        .directions
+        .iter()
+        .map(|&v| Direction::from_i64(v).unwrap())
+        .collect();
+    let mut y = selective_scan_to_vec(
+        &case.shape,
+        &directions,
+        ScanInputs {
+            u: &x.u,
+            delta: &x.delta,
+            a: &x.a,
+            b: &x.b,
+            c: &x.c,
+            d: &x.d,
+            delta_bias: &x.bias,
+        },
+    )
+    .unwrap();
+    if case.fp16 {
+        round_f16(&mut y);
+    }
+    y
+}
+
+fn run_cases(test: &str, cases: &[Case]) {
+    let Some(rt) = ort_or_skip(test) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("gm-tests-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (k, case) in cases.iter().enumerate() {
+        let x = inputs(case, k as u64 + 1);
+        let path = dir.join(format!("case{k}.onnx"));
+        write_model(case, &x, &path);
+        let options = OrtLoadOptions {
+            without_scan_op: true,
+            ..OrtLoadOptions::default()
+        };
+        let mut backend = OrtBackend::load_with_options(rt, &path, &options).unwrap();
+        let ScanShape {
+            batch: n,
+            channels: c,
+            height: h,
+            width: w,
+            ..
+        } = case.shape;
+        let y = backend
+            .run(&HostTensor {
+                shape: vec![n, c, h, w],
+                data: x.u.clone(),
+            })
+            .unwrap()
+            .remove(0);
+        let expected = reference(case, &x);
+        assert_eq!(y.data.len(), expected.len());
+        let (atol, rtol) = if case.fp16 {
+            (1e-6, 2e-3)
+        } else {
+            (1e-5, 1e-5)
+        };
+        let mut worst = 0f32;
+        let mut max_abs = 0f32;
+        for (i, (got, want)) in y.data.iter().zip(&expected).enumerate() {
+            let err = (got - want).abs();
+            max_abs = max_abs.max(err);
+            let ratio = err / (atol + rtol * want.abs());
+            worst = worst.max(ratio);
+            assert!(
+                ratio <= 1.0,
+                "{test} case {k} ({}, directions {:?}, chunk {}, fp16 {}): element {i}: body {got}, kernel {want}",
+                case.shape,
+                case.directions,
+                case.chunk,
+                case.fp16
+            );
+        }
+        println!(
+            "{test} case {k}: {} directions {:?} chunk {}{}: max abs {max_abs:.2e}, worst err/tol {worst:.3}",
+            case.shape,
+            case.directions,
+            case.chunk,
+            if case.fp16 { " fp16" } else { "" }
+        );
+    }
+}
+
+#[test]
+fn inlined_body_matches_kernel_on_odd_shapes() {
+    run_cases(
+        "inlined_body_matches_kernel_on_odd_shapes",
+        &[
+            // The ClassBlock's L = 1, every direction.
+            case(2, 8, 4, (1, 1), &[0, 1, 2, 3], 16),
+            // L = 35 with chunk 4: padded at both levels, top level K = 3.
+            case(2, 8, 4, (5, 7), &[0, 1, 2, 3], 4),
+            // G = 2, repeated/reversed directions, one row, L a multiple of the chunk.
+            case(1, 6, 2, (1, 16), &[3, 3], 16),
+            // One column, G = 3.
+            case(1, 3, 3, (13, 1), &[1, 2, 0], 16),
+            // G = 1, L = 4^4: both levels exactly full, top level K = 16.
+            case(1, 2, 1, (16, 16), &[1], 4),
+            // A fixture-sized map with the default chunk: L = 70·100, top level K = 28.
+            case(1, 4, 4, (70, 100), &[0, 1, 2, 3], 16),
+        ],
+    );
+}
+
+#[test]
+fn inlined_body_handles_float16_inputs() {
+    let mut cases = vec![
+        case(2, 8, 4, (9, 11), &[0, 1, 2, 3], 16),
+        case(1, 4, 4, (1, 1), &[3, 2, 1, 0], 16),
+    ];
+    for c in &mut cases {
+        c.fp16 = true;
+    }
+    run_cases("inlined_body_handles_float16_inputs", &cases);
+}
