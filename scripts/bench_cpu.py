@@ -10,7 +10,7 @@ What it does, all on this machine and in one run:
 2. times, for batch 1 and 8 (median of --iters runs after --warmup untimed runs, fixed random input):
    - tract (gm-bench --backend tract: pure Rust, the scan op in-process),
    - ONNX Runtime from Rust (gm-bench --backend ort: the scan op registered in-process), with ONNX
-     Runtime's default intra-op threads and with 1 thread (tract runs on one thread),
+     Runtime's default intra-op threads and with 1 thread; tract with its matrix products on every core and on one thread,
    - ONNX Runtime from Python with libgroupmamba_ops.so (register_custom_ops_library), default threads;
 3. with --official-repo PATH (a checkout of github.com/Amshaker/GroupMamba; needs torch, plus whatever
    the official code imports, e.g. timm): the official PyTorch model `groupmamba_tiny()` from
@@ -234,7 +234,8 @@ def main():
     for b in args.batches:
         common = ["--model", model, "--batch", str(b), "--size", str(args.size), "--iters", str(iters_for(b)),
                   "--warmup", str(args.warmup)]
-        for extra in (["--backend", "tract"], ["--backend", "ort"], ["--backend", "ort", "--ort-threads", "1"]):
+        for extra in (["--backend", "tract"], ["--backend", "tract", "--tract-threads", "1"], ["--backend", "ort"],
+                      ["--backend", "ort", "--ort-threads", "1"]):
             out = sh([gm_bench, *common, *extra], capture_output=True, text=True).stdout
             for line in out.splitlines():
                 if line.startswith("{"):
@@ -273,6 +274,7 @@ def main():
     ratios = []
     for b in args.batches:
         tract, ort_default, ort_1 = med("tract", b), med("ort-rust", b), med("ort-rust (1 intra-op threads)", b)
+        tract_1 = med("tract (1 thread)", b)
         entry = {"batch": b}
         if tract and ort_default:
             entry["ort_over_tract_latency"] = round(ort_default / tract, 3)
@@ -286,6 +288,10 @@ def main():
                 entry["ort_speedup_vs_official"] = round(off / ort_default, 2)
             if tract:
                 entry["tract_speedup_vs_official"] = round(off / tract, 2)
+            if tract_1:
+                entry["tract_1thread_speedup_vs_official"] = round(off / tract_1, 2)
+            if ort_1:
+                entry["ort_1thread_speedup_vs_official"] = round(off / ort_1, 2)
         ratios.append(entry)
 
     v = versions()

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
@@ -15,6 +16,26 @@ use tract_onnx::tract_hir::internal::DimLike;
 use super::{Backend, BackendError, HostTensor, InputDim};
 
 type Runnable = Arc<TypedRunnableModel>;
+
+/// Threads of tract's matrix products, fixed at the first [`set_threads`] or model load.
+static THREADS: OnceLock<usize> = OnceLock::new();
+
+/// Runs tract's matrix products on `threads` threads (`None`: one per available core). A
+/// process-wide tract setting: only the first call (or the first model load) takes effect.
+/// Returns the thread count in force.
+pub fn set_threads(threads: Option<usize>) -> usize {
+    *THREADS.get_or_init(|| {
+        let n = threads
+            .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+            .unwrap_or(1)
+            .max(1);
+        if n > 1 {
+            use tract_linalg::multithread::{set_default_executor, Executor};
+            set_default_executor(Executor::multithread(n));
+        }
+        n
+    })
+}
 
 pub struct TractBackend {
     path: PathBuf,
@@ -34,6 +55,7 @@ impl TractBackend {
             path: path.display().to_string(),
             message: format!("{e:#}"),
         };
+        set_threads(None);
         let mut onnx = tract_onnx::onnx();
         gm_ops::tract_op::register(&mut onnx);
         let model = onnx.model_for_path(path).map_err(load_err)?;

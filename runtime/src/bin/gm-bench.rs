@@ -43,6 +43,10 @@ struct Args {
     /// ONNX Runtime intra-op threads (default: ONNX Runtime's choice, one per physical core).
     #[arg(long)]
     ort_threads: Option<usize>,
+    /// Threads of tract's matrix products (default: one per available core; the rest of tract's
+    /// plan runs on one thread).
+    #[arg(long)]
+    tract_threads: Option<usize>,
     /// Input height and width.
     #[arg(long, default_value_t = 224)]
     size: usize,
@@ -111,6 +115,7 @@ fn profile_tract(args: &Args, runs: usize) -> Result<Vec<(String, f64, usize)>> 
 
 fn run() -> Result<()> {
     let args = Args::parse();
+    let tract_threads = gm_runtime::backend::tract::set_threads(args.tract_threads);
     if let Some(runs) = args.profile_tract {
         let ops = profile_tract(&args, runs.max(1))?;
         let total: f64 = ops.iter().map(|o| o.1).sum::<f64>().max(1e-12);
@@ -139,7 +144,7 @@ fn run() -> Result<()> {
         let (mut backend, detail): (Box<dyn Backend>, String) = match which {
             Which::Tract => (
                 Box::new(TractBackend::load(&args.model)?),
-                "tract-onnx 0.23.9".into(),
+                format!("tract-onnx 0.23.9, matrix products on {tract_threads} thread(s)"),
             ),
             Which::Ort => {
                 let rt = ort_backend::runtime().context("--backend ort")?;
@@ -173,6 +178,7 @@ fn run() -> Result<()> {
             };
             let p90 = ms[((ms.len() as f64 * 0.9).ceil() as usize).clamp(1, ms.len()) - 1];
             let name = match which {
+                Which::Tract if tract_threads == 1 => "tract (1 thread)".to_string(),
                 Which::Tract => "tract".to_string(),
                 Which::Ort => match args.ort_threads {
                     Some(n) => format!("ort-rust ({n} intra-op threads)"),
