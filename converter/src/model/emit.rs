@@ -257,12 +257,14 @@ impl<'w> Emitter<'w> {
         self.mul(x, &s)
     }
 
-    /// Exact (erf) GELU, as `nn.GELU()`: x·½·(1 + erf(x/√2)).
+    /// Exact (erf) GELU, as `nn.GELU()`: x·½·(1 + erf(x/√2)). Written in the exact node pattern
+    /// (Div by √2, Erf, Add 1, Mul by x·½) that ONNX Runtime fuses into one Gelu kernel and
+    /// tract into GeluExact.
     pub fn gelu(&mut self, x: &Value) -> Value {
-        let inv_sqrt2 = self.scalar(std::f32::consts::FRAC_1_SQRT_2);
+        let sqrt2 = self.scalar(std::f32::consts::SQRT_2);
         let half = self.scalar(0.5);
         let one = self.scalar(1.0);
-        let t = self.mul(x, &inv_sqrt2);
+        let t = self.g.op("Div", &[x, &sqrt2], &[]);
         let erf = self.g.op("Erf", &[&t], &[]);
         let p = self.add(&erf, &one);
         let xh = self.mul(x, &half);
