@@ -41,6 +41,8 @@ done
 dir=../shared/parity/custom-64x64
 target/debug/gm-export --config "$dir/config.json" --checkpoint "$dir"/*.pth --height 64 --width 64 \
   --scan function --precision fp16 --out "$out/custom-64x64-function-fp16.onnx"
+target/debug/gm-export --config "$dir/config.json" --checkpoint "$dir"/*.pth --height 64 --width 64 \
+  --scan portable --precision fp16 --out "$out/custom-64x64-portable-fp16.onnx"
 python3 scripts/check_onnx.py "$out"/*.onnx
 
 # The custom-op library through Python onnxruntime.

@@ -57,9 +57,15 @@ fn custom_72x100_function_export_matches_official() {
 
 /// FP16 export (weights and activations FP16, scan state FP32) through tract: logits must keep
 /// cosine similarity ≥ 0.9999 with the official FP32 logits and the same top-1 class.
-fn check_fp16_case(case: &str) {
+fn check_fp16_case(case: &str, scan: ScanMode) {
     let fixture = Fixture::load(case);
-    let out = fixture.export("fp16", FloatType::F16, ScanMode::CustomOp, false);
+    // One file per mode: the tests run in parallel.
+    let tag = match scan {
+        ScanMode::CustomOp => "fp16",
+        ScanMode::Portable { .. } => "fp16-portable",
+        ScanMode::Function { .. } => "fp16-function",
+    };
+    let out = fixture.export(tag, FloatType::F16, scan, false);
     let mut backend = TractBackend::load(&out).unwrap();
     let logits = backend.run(&fixture.input).unwrap().remove(0);
     let (_, expected) = fixture.reference("logits").unwrap();
@@ -73,7 +79,7 @@ fn check_fp16_case(case: &str) {
     let cosine = dot / (norm(&logits.data) * norm(&expected));
     let argmax = |v: &[f32]| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap();
     println!(
-        "{case} fp16: cosine {cosine:.7}, max abs err {:.3e}, top-1 {} vs official {}",
+        "{case} fp16 ({scan:?}): cosine {cosine:.7}, max abs err {:.3e}, top-1 {} vs official {}",
         max_abs(&logits.data, &expected),
         argmax(&logits.data),
         argmax(&expected)
@@ -88,10 +94,21 @@ fn check_fp16_case(case: &str) {
 
 #[test]
 fn custom_64x64_fp16_keeps_cosine_and_top1() {
-    check_fp16_case("custom-64x64");
+    check_fp16_case("custom-64x64", ScanMode::CustomOp);
+}
+
+/// The portable scan of an FP16 export computes in FP32 (Cast in, Cast out), like the op.
+#[test]
+fn custom_64x64_fp16_portable_keeps_cosine_and_top1() {
+    check_fp16_case("custom-64x64", ScanMode::Portable { chunk: 16 });
+}
+
+#[test]
+fn custom_72x100_fp16_portable_keeps_cosine_and_top1() {
+    check_fp16_case("custom-72x100", ScanMode::Portable { chunk: 16 });
 }
 
 #[test]
 fn custom_72x100_fp16_keeps_cosine_and_top1() {
-    check_fp16_case("custom-72x100");
+    check_fp16_case("custom-72x100", ScanMode::CustomOp);
 }

@@ -12,7 +12,8 @@
 //! remains. Every exponent is a difference of cumulative sums inside one chunk (≤ 0 on and below
 //! the diagonal; the upper triangle is masked with −∞ before `Exp`), so nothing overflows
 //! whatever the sequence length — unlike exp of a global cumulative sum. Shapes are static
-//! (per export size), no `Loop`/`Scan`.
+//! (per export size), no `Loop`/`Scan`. As in the op, everything is float32 (an FP16 export
+//! casts the scan's inputs up and its output down).
 //!
 //! Scan directions are per-group permutations of the sequence axis (`Gather` with constant
 //! indices, skipped for the identity), undone after the scan.
@@ -24,7 +25,8 @@
 use gm_ops::spec::Direction;
 
 use super::emit::Emitter;
-use crate::onnx::{Attr, OpSink, Value};
+use crate::onnx::proto::DataType;
+use crate::onnx::{Attr, FloatType, OpSink, Value};
 use crate::tensor::Tensor;
 
 /// Above this, softplus(x) = x (the official kernel's threshold).
@@ -56,22 +58,62 @@ pub fn emit(
     (h, w): (usize, usize),
     chunk: usize,
 ) -> Value {
+    // The scan runs in float32 whatever the model's element type (as the op does: state and
+    // arithmetic f32, y rounded once): FP16 inputs are widened here and y narrowed at the end.
+    let model_float = e.float;
+    let widen = |e: &mut Emitter, v: &Value| match model_float {
+        FloatType::F32 => v.clone(),
+        FloatType::F16 => {
+            e.g.op("Cast", &[v], &[("to", Attr::Int(DataType::Float as i64))])
+        }
+    };
+    let (u, delta) = (widen(e, inputs.u), widen(e, inputs.delta));
+    let (b_rows, c_rows) = (widen(e, inputs.b_rows), widen(e, inputs.c_rows));
+    e.float = FloatType::F32;
+    let y = emit_f32(
+        e,
+        (&u, &delta, &b_rows, &c_rows),
+        &inputs,
+        directions,
+        width,
+        (h, w),
+        chunk,
+    );
+    e.float = model_float;
+    match model_float {
+        FloatType::F32 => y,
+        FloatType::F16 => e.g.op(
+            "Cast",
+            &[&y],
+            &[("to", Attr::Int(DataType::Float16 as i64))],
+        ),
+    }
+}
+
+/// [`emit`] with f32 activations `(u, delta, b_rows, c_rows)` and the emitter in f32.
+fn emit_f32(
+    e: &mut Emitter,
+    (u, delta, b_rows, c_rows): (&Value, &Value, &Value, &Value),
+    inputs: &PortableScanInputs<'_>,
+    directions: &[Direction],
+    width: usize,
+    (h, w): (usize, usize),
+    chunk: usize,
+) -> Value {
     let groups = directions.len();
     let per_channel = |t: &Tensor| Tensor::new(vec![groups, width, 1], t.data.clone());
-    // Per-channel parameters keep f32 only where the activations are f32: they meet the
-    // activations in elementwise ops, which need one type.
     let a = e.constant("A", &per_channel(inputs.a));
     let d = e.constant("D", &per_channel(inputs.d));
     let bias = e.constant("delta_bias", &per_channel(inputs.delta_bias));
 
-    let x = e.add(inputs.delta, &bias);
+    let x = e.add(delta, &bias);
     let threshold = e.scalar(SOFTPLUS_THRESHOLD);
     let large = e.g.op("Greater", &[&x, &threshold], &[]);
     let soft = e.g.op("Softplus", &[&x], &[]);
     let dt = e.g.op("Where", &[&large, &x, &soft], &[]);
     let log_a = e.mul(&dt, &a);
-    let b = e.mul(&dt, inputs.b_rows);
-    let b = e.mul(&b, inputs.u);
+    let b = e.mul(&dt, b_rows);
+    let b = e.mul(&b, u);
 
     let perms: Vec<Vec<usize>> = directions
         .iter()
@@ -82,8 +124,8 @@ pub fn emit(
     let states = chunked(e, &log_a, &b, h * w, chunk);
     let states = permute(e, &states, &perms, true);
 
-    let y = e.mul(inputs.c_rows, &states);
-    let skip = e.mul(&d, inputs.u);
+    let y = e.mul(c_rows, &states);
+    let skip = e.mul(&d, u);
     e.add(&y, &skip)
 }
 
