@@ -525,3 +525,38 @@ fn auto_uses_ort_when_available_and_agrees_with_tract() {
     assert!(err <= 1e-4);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// tract runs a batch image by image through its batch-1 plan; ONNX Runtime runs the batch
+/// whole. Three different images must give the same logits both ways (max abs ≤ 1e-5).
+#[test]
+fn tract_batch_matches_ort_batch() {
+    use gm_runtime::backend::ort::OrtBackend;
+    use gm_runtime::backend::tract::TractBackend;
+    use gm_runtime::backend::{Backend, HostTensor};
+    let Some(rt) = ort_or_skip("tract_batch_matches_ort_batch") else {
+        return;
+    };
+    let dir = scratch("tract_batch");
+    let model = common::fixture_config_model(&dir);
+    let images = HostTensor {
+        shape: vec![3, 3, 64, 64],
+        data: random(21, 3 * 3 * 64 * 64, -2.0, 2.0),
+    };
+    let t = TractBackend::load(&model).unwrap().run(&images).unwrap();
+    let o = OrtBackend::load_in(rt, &model)
+        .unwrap()
+        .run(&images)
+        .unwrap();
+    assert_eq!(t[0].shape, vec![3, 1000]);
+    assert_eq!(t[0].shape, o[0].shape);
+    let err = t[0]
+        .data
+        .iter()
+        .zip(&o[0].data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    println!("batch of 3: tract (per image) vs ONNX Runtime (batched) logits max abs {err:e}");
+    assert!(err <= 1e-5, "tract vs ORT batch of 3: max abs {err}");
+    // The three images differ, so do their logits: the batch was not one image repeated.
+    assert_ne!(t[0].data[..1000], t[0].data[1000..2000]);
+}
