@@ -97,15 +97,18 @@ def placement(r, path, out_dir):
     with open(prof) as f:
         events = json.load(f)
     os.remove(prof)
-    per_provider, scan = {}, {}
+    per_provider, scan, elsewhere = {}, {}, {}
     for e in events:
         a = e.get("args", {})
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and "provider" in a:
             per_provider[a["provider"]] = per_provider.get(a["provider"], 0) + 1
             if a.get("op_name") == SCAN_OP:
                 scan[a["provider"]] = scan.get(a["provider"], 0) + 1
+            if a["provider"] != "CUDAExecutionProvider":
+                elsewhere[a.get("op_name")] = elsewhere.get(a.get("op_name"), 0) + 1
     res["nodes_per_provider"] = per_provider
     res["selective_scan_nodes_per_provider"] = scan
+    res["op_types_not_on_cuda"] = elsewhere
     if not r.cuda:
         return res
     try:

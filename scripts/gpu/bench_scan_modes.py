@@ -30,38 +30,6 @@ def runner(provider, library):
     return bench_ort.Runner(argparse.Namespace(provider=provider, library=library))
 
 
-def placement(r, path, out_dir, size):
-    s = r.session(path, profile_prefix=os.path.join(out_dir, "modes-profile"))
-    x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
-    s.run(None, {s.get_inputs()[0].name: x})
-    prof = s.end_profiling()
-    with open(prof) as f:
-        events = json.load(f)
-    os.remove(prof)
-    providers, ops_cpu = {}, {}
-    for e in events:
-        a = e.get("args", {})
-        if e.get("cat") == "Node" and "provider" in a and e["name"].endswith("_kernel_time"):
-            providers[a["provider"]] = providers.get(a["provider"], 0) + 1
-            if a["provider"] != "CUDAExecutionProvider":
-                ops_cpu[a.get("op_name")] = ops_cpu.get(a.get("op_name"), 0) + 1
-    if not r.cuda:
-        strict = "not tried (CPU provider)"
-    else:
-        try:
-            r.session(path, strict=True)
-            strict = "accepted (every node on the CUDA EP)"
-        except Exception as e:  # noqa: BLE001
-            strict = f"refused: {str(e)[:300]}"
-    ops = {}
-    for e in events:
-        a = e.get("args", {})
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            ops[a.get("op_name")] = ops.get(a.get("op_name"), 0) + 1
-    return {"kernels_by_provider": providers, "non_cuda_ops": ops_cpu, "selective_scan_nodes": ops.get("SelectiveScan", 0),
-            "disable_cpu_ep_fallback": strict}
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--library", required=True, help="libgroupmamba_ops.so built with --features cuda")
@@ -100,7 +68,7 @@ def main():
             baseline = (name, y)
         else:
             entry["max_abs_vs_" + baseline[0]] = float(np.abs(y - baseline[1]).max())
-        entry["placement"] = placement(r, path, out_dir, args.size)
+        entry["placement"] = bench_ort.placement(r, path, out_dir)
         entry["bench"] = [bench_ort.bench_one(r, s, b, bench_ort.iters_for(b, 1.0), 10, args.size) for b in batches]
         del s
         print(json.dumps(entry), flush=True)
