@@ -43,8 +43,8 @@ struct Args {
     /// ONNX Runtime intra-op threads (default: ONNX Runtime's choice, one per physical core).
     #[arg(long)]
     ort_threads: Option<usize>,
-    /// Threads of tract's matrix products (default: one per available core; the rest of tract's
-    /// plan runs on one thread).
+    /// tract's threads (default: one per available core): its matrix products, and the images of
+    /// a batch; the rest of one image's plan runs on one thread.
     #[arg(long)]
     tract_threads: Option<usize>,
     /// Input height and width.
@@ -144,7 +144,7 @@ fn run() -> Result<()> {
         let (mut backend, detail): (Box<dyn Backend>, String) = match which {
             Which::Tract => (
                 Box::new(TractBackend::load(&args.model)?),
-                format!("tract-onnx 0.23.9, matrix products on {tract_threads} thread(s)"),
+                format!("tract-onnx 0.23.9, {tract_threads} thread(s): matrix products, and the images of a batch"),
             ),
             Which::Ort => {
                 let rt = ort_backend::runtime().context("--backend ort")?;
