@@ -5,4 +5,6 @@ pub mod classify;
 pub mod image;
 pub mod metadata;
 pub mod npy;
+#[doc(hidden)]
+pub mod testing;
 pub mod validate;

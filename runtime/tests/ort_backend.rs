@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use gm_ops::{selective_scan_to_vec, Direction, ScanInputs, ScanShape, DOMAIN};
-use gm_runtime::backend::ort::{self as ort_backend, OrtError, OrtRuntime};
+use gm_runtime::backend::ort::{self as ort_backend, OrtError};
 use gm_runtime::npy;
+use gm_runtime::testing::ort_or_skip;
 use prost::Message;
 use tract_onnx::pb;
 use tract_onnx::pb::tensor_proto::DataType;
@@ -23,24 +24,6 @@ fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gm-ort-backend-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// The process's ONNX Runtime, or `None` (with a notice) when there is none and
-/// `GM_REQUIRE_ORT` is not `1`.
-fn ort_or_skip(test: &str) -> Option<&'static OrtRuntime> {
-    match ort_backend::runtime() {
-        Ok(rt) => {
-            println!("{test}: {}", rt.describe());
-            Some(rt)
-        }
-        Err(e) if std::env::var("GM_REQUIRE_ORT").as_deref() == Ok("1") => {
-            panic!("{test}: GM_REQUIRE_ORT=1 but ONNX Runtime is not available: {e}")
-        }
-        Err(e) => {
-            println!("{test}: SKIPPED (set GM_REQUIRE_ORT=1 to make this a failure): {e}");
-            None
-        }
-    }
 }
 
 fn value_info(name: &str, dims: &[Result<i64, &str>]) -> pb::ValueInfoProto {

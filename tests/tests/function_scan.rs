@@ -22,7 +22,7 @@ use gm_ops::{
 };
 use gm_runtime::backend::ort::{OrtBackend, OrtLoadOptions};
 use gm_runtime::backend::{Backend, HostTensor};
-use gm_tests::ort_or_skip;
+use gm_runtime::testing::ort_or_skip;
 
 struct Case {
     shape: ScanShape,

@@ -19,8 +19,8 @@ use gm_converter::onnx::proto::ModelProto;
 use gm_converter::onnx::FloatType;
 use gm_runtime::backend::ort::{OrtBackend, OrtLoadOptions};
 use gm_runtime::backend::Backend;
+use gm_runtime::testing::ort_or_skip;
 use gm_tests::fixtures::Fixture;
-use gm_tests::ort_or_skip;
 
 const TOL: f32 = 1e-4;
 
