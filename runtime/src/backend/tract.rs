@@ -142,7 +142,7 @@ impl Backend for TractBackend {
         let per_image = self.batch.is_some() && batch > 1;
         let (runs, run_batch) = if per_image { (batch, 1) } else { (1, batch) };
         let model = self.runnable(run_batch).map_err(run_err)?;
-        let image_len = images.data.len() / runs.max(1);
+        let image_len = images.data.len() / runs;
         let mut shape = images.shape.clone();
         if let Some(first) = shape.first_mut() {
             *first = run_batch;
@@ -161,35 +161,26 @@ impl Backend for TractBackend {
                 })
                 .collect()
         };
-        let workers = runs.min(set_threads(None)).max(1);
-        let results: Vec<TractResult<Vec<HostTensor>>> = if workers == 1 {
+        // Each worker takes a contiguous range of images; joined in order, the results are in
+        // image order.
+        let per_worker = runs.div_ceil(runs.min(set_threads(None)));
+        let results: Vec<TractResult<Vec<HostTensor>>> = if per_worker == runs {
             (0..runs).map(run_one).collect()
         } else {
-            // Worker w takes images w, w + workers, …; results are put back in image order.
-            let mut slots: Vec<Option<TractResult<Vec<HostTensor>>>> =
-                (0..runs).map(|_| None).collect();
             std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..workers)
-                    .map(|w| {
+                let handles: Vec<_> = (0..runs)
+                    .step_by(per_worker)
+                    .map(|start| {
                         let run_one = &run_one;
-                        scope.spawn(move || {
-                            (w..runs)
-                                .step_by(workers)
-                                .map(|i| (i, run_one(i)))
-                                .collect::<Vec<_>>()
-                        })
+                        let images = start..(start + per_worker).min(runs);
+                        scope.spawn(move || images.map(run_one).collect::<Vec<_>>())
                     })
                     .collect();
-                for handle in handles {
-                    for (i, result) in handle.join().expect("tract worker panicked") {
-                        slots[i] = Some(result);
-                    }
-                }
-            });
-            slots
-                .into_iter()
-                .map(|r| r.expect("every image ran"))
-                .collect()
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().expect("tract worker panicked"))
+                    .collect()
+            })
         };
         let mut merged: Vec<HostTensor> = Vec::new();
         for result in results {
