@@ -11,7 +11,7 @@ use std::process::Command;
 use gm_ops::{selective_scan_to_vec, Direction, ScanInputs, ScanShape, DOMAIN};
 use gm_runtime::backend::ort::{self as ort_backend, OrtError};
 use gm_runtime::npy;
-use gm_runtime::testing::ort_or_skip;
+use gm_runtime::testing::{ort_or_skip, random};
 use prost::Message;
 use tract_onnx::pb;
 use tract_onnx::pb::tensor_proto::DataType;
@@ -103,18 +103,6 @@ fn scan_model(c: i64, h: i64, w: i64, directions: &[i64], version: i64) -> Vec<u
         ..Default::default()
     }
     .encode_to_vec()
-}
-
-fn random(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            lo + (hi - lo) * ((state >> 40) as f32 / (1u64 << 24) as f32)
-        })
-        .collect()
 }
 
 /// A one-node model big enough that the kernel is split into several tasks per group (ORT's

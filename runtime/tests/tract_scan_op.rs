@@ -4,6 +4,7 @@
 
 use gm_ops::tract_op::SelectiveScanOp;
 use gm_ops::{selective_scan_to_vec, Direction, ScanInputs, ScanShape, DOMAIN};
+use gm_runtime::testing::random;
 use prost::Message;
 use tract_onnx::pb;
 use tract_onnx::pb::tensor_proto::DataType;
@@ -140,20 +141,6 @@ impl Spec {
         gm_ops::tract_op::register(&mut onnx);
         onnx.model_for_read(&mut bytes.as_slice())?.into_optimized()
     }
-}
-
-/// xorshift64* test data.
-fn random(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            let bits = s.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
-            lo + (hi - lo) * (bits as f32 / (1u64 << 24) as f32)
-        })
-        .collect()
 }
 
 struct Case {

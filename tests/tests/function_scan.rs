@@ -22,7 +22,7 @@ use gm_ops::{
 };
 use gm_runtime::backend::ort::{OrtBackend, OrtLoadOptions};
 use gm_runtime::backend::{Backend, HostTensor};
-use gm_runtime::testing::ort_or_skip;
+use gm_runtime::testing::{ort_or_skip, Rng};
 
 struct Case {
     shape: ScanShape,
@@ -43,23 +43,6 @@ fn case(n: usize, c: usize, g: usize, (h, w): (usize, usize), dirs: &[i64], chun
         directions: dirs.to_vec(),
         chunk,
         fp16: false,
-    }
-}
-
-/// xorshift64*: deterministic inputs without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let bits = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
-        lo + (hi - lo) * (bits as f32 / (1u64 << 24) as f32)
-    }
-
-    fn vec(&mut self, len: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..len).map(|_| self.uniform(lo, hi)).collect()
     }
 }
 
@@ -87,7 +70,7 @@ fn inputs(case: &Case, seed: u64) -> Inputs {
         height: h,
         width: w,
     } = case.shape;
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::new(seed);
     let mut delta = rng.vec(n * c * h * w, -4.0, 3.0);
     // Every 7th step far above softplus's threshold (softplus(x) = x there).
     for x in delta.iter_mut().step_by(7) {

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{ensure, Context, Result};
 use gm_ops::{selective_scan_to_vec, Direction, ScanInputs, ScanShape};
 use gm_runtime::npy;
+use gm_runtime::testing::Rng;
 
 const PARITY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/parity");
 const CASES: [&str; 2] = ["custom-64x64", "custom-72x100"];
@@ -355,23 +356,6 @@ fn fixtures_four_groups_as_one_node() -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // Random data against a naive implementation.
 
-/// xorshift64* — deterministic test data without dependencies.
-struct Rng(u64);
-
-impl Rng {
-    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let bits = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
-        lo + (hi - lo) * (bits as f32 / (1u64 << 24) as f32)
-    }
-
-    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n).map(|_| self.uniform(lo, hi)).collect()
-    }
-}
-
 struct Data {
     shape: ScanShape,
     u: Vec<f32>,
@@ -385,7 +369,7 @@ struct Data {
 
 impl Data {
     fn random(seed: u64, shape: ScanShape) -> Data {
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut rng = Rng::new(seed);
         let big = shape.batch * shape.channels * shape.height * shape.width;
         let small = shape.batch * shape.groups * shape.height * shape.width;
         Data {
