@@ -1,6 +1,10 @@
 //! Helpers for this workspace's own tests (the runtime's integration tests and the `gm-tests`
 //! crate), kept here so that both use one copy.
 
+use gm_ops::DOMAIN;
+use tract_onnx::pb;
+use tract_onnx::pb::tensor_proto::DataType;
+
 use crate::backend::ort::{self as ort_backend, OrtRuntime};
 
 /// The process's ONNX Runtime, or `None` (with a notice) when there is none, unless
@@ -48,4 +52,131 @@ impl Rng {
 /// `n` uniform values in [lo, hi) from a fresh stream for `seed`.
 pub fn random(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     Rng::new(seed).vec(n, lo, hi)
+}
+
+/// Name of the node of [`ScanModel`].
+pub const SCAN_NODE: &str = "block1.0.scan";
+const FLOAT: i32 = DataType::Float as i32;
+
+#[derive(Clone, Copy)]
+enum Dim {
+    Sym(&'static str),
+    Val(i64),
+}
+
+fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::dimension::Value;
+    let dim = dims
+        .iter()
+        .map(|d| pb::tensor_shape_proto::Dimension {
+            value: Some(match *d {
+                Dim::Sym(s) => Value::DimParam(s.into()),
+                Dim::Val(v) => Value::DimValue(v),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type,
+                shape: Some(pb::TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A one-node ONNX model `y = ai.groupmamba::SelectiveScan(u, delta, A, B, C, D, delta_bias)`
+/// with a symbolic batch `N`: its sizes and attribute, and the things error tests spoil.
+#[derive(Clone)]
+pub struct ScanModel {
+    pub channels: i64,
+    pub groups: i64,
+    pub height: i64,
+    pub width: i64,
+    pub directions: Option<Vec<i64>>,
+    pub domain: &'static str,
+    pub import: Option<i64>,
+    pub elem_type: i32,
+}
+
+impl ScanModel {
+    /// Float32 tensors, `ai.groupmamba` imported at version 1, node name [`SCAN_NODE`].
+    pub fn new(channels: i64, height: i64, width: i64, directions: &[i64]) -> Self {
+        Self {
+            channels,
+            groups: directions.len() as i64,
+            height,
+            width,
+            directions: Some(directions.to_vec()),
+            domain: DOMAIN,
+            import: Some(1),
+            elem_type: FLOAT,
+        }
+    }
+
+    pub fn model(&self) -> pb::ModelProto {
+        let n = Dim::Sym("N");
+        let (c, g, h, w) = (
+            Dim::Val(self.channels),
+            Dim::Val(self.groups),
+            Dim::Val(self.height),
+            Dim::Val(self.width),
+        );
+        let t = self.elem_type;
+        let inputs = vec![
+            value_info("u", t, &[n, c, h, w]),
+            value_info("delta", t, &[n, c, h, w]),
+            value_info("A", FLOAT, &[c]),
+            value_info("B", t, &[n, g, h, w]),
+            value_info("C", t, &[n, g, h, w]),
+            value_info("D", FLOAT, &[c]),
+            value_info("delta_bias", FLOAT, &[c]),
+        ];
+        let attribute = self
+            .directions
+            .iter()
+            .map(|dirs| pb::AttributeProto {
+                name: "directions".into(),
+                r#type: pb::attribute_proto::AttributeType::Ints as i32,
+                ints: dirs.clone(),
+                ..Default::default()
+            })
+            .collect();
+        let node = pb::NodeProto {
+            name: SCAN_NODE.into(),
+            op_type: "SelectiveScan".into(),
+            domain: self.domain.into(),
+            input: inputs.iter().map(|i| i.name.clone()).collect(),
+            output: vec!["y".into()],
+            attribute,
+            ..Default::default()
+        };
+        let mut opset_import = vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }];
+        if let Some(version) = self.import {
+            opset_import.push(pb::OperatorSetIdProto {
+                domain: DOMAIN.into(),
+                version,
+            });
+        }
+        pb::ModelProto {
+            ir_version: 8,
+            opset_import,
+            producer_name: "gm-runtime test".into(),
+            graph: Some(pb::GraphProto {
+                name: "selective_scan".into(),
+                node: vec![node],
+                input: inputs,
+                output: vec![value_info("y", t, &[n, c, h, w])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
 }

@@ -8,17 +8,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gm_ops::{selective_scan_to_vec, Direction, ScanInputs, ScanShape, DOMAIN};
+use gm_ops::{selective_scan_to_vec, Direction, ScanInputs, ScanShape};
 use gm_runtime::backend::ort::{self as ort_backend, OrtError};
 use gm_runtime::npy;
-use gm_runtime::testing::{ort_or_skip, random};
+use gm_runtime::testing::{ort_or_skip, random, ScanModel};
 use prost::Message;
-use tract_onnx::pb;
-use tract_onnx::pb::tensor_proto::DataType;
 
 mod common;
-
-const FLOAT: i32 = DataType::Float as i32;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gm-ort-backend-{}-{name}", std::process::id()));
@@ -26,82 +22,13 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-fn value_info(name: &str, dims: &[Result<i64, &str>]) -> pb::ValueInfoProto {
-    use pb::tensor_shape_proto::dimension::Value;
-    let dim = dims
-        .iter()
-        .map(|d| pb::tensor_shape_proto::Dimension {
-            value: Some(match d {
-                Ok(v) => Value::DimValue(*v),
-                Err(s) => Value::DimParam((*s).into()),
-            }),
-            ..Default::default()
-        })
-        .collect();
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: FLOAT,
-                shape: Some(pb::TensorShapeProto { dim }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// A one-node model: `y = SelectiveScan(u, delta, A, B, C, D, delta_bias)`, symbolic batch.
+/// The one-node model of `ScanModel` with `ai.groupmamba` imported at `version`, serialised.
 fn scan_model(c: i64, h: i64, w: i64, directions: &[i64], version: i64) -> Vec<u8> {
-    let g = directions.len() as i64;
-    let n = Err("N");
-    let nchw = [n, Ok(c), Ok(h), Ok(w)];
-    let ngwh = [n, Ok(g), Ok(h), Ok(w)];
-    let inputs = vec![
-        value_info("u", &nchw),
-        value_info("delta", &nchw),
-        value_info("A", &[Ok(c)]),
-        value_info("B", &ngwh),
-        value_info("C", &ngwh),
-        value_info("D", &[Ok(c)]),
-        value_info("delta_bias", &[Ok(c)]),
-    ];
-    let node = pb::NodeProto {
-        name: "block1.0.scan".into(),
-        op_type: "SelectiveScan".into(),
-        domain: DOMAIN.into(),
-        input: inputs.iter().map(|i| i.name.clone()).collect(),
-        output: vec!["y".into()],
-        attribute: vec![pb::AttributeProto {
-            name: "directions".into(),
-            r#type: pb::attribute_proto::AttributeType::Ints as i32,
-            ints: directions.to_vec(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![
-            pb::OperatorSetIdProto {
-                domain: String::new(),
-                version: 17,
-            },
-            pb::OperatorSetIdProto {
-                domain: DOMAIN.into(),
-                version,
-            },
-        ],
-        producer_name: "gm-runtime ort_backend test".into(),
-        graph: Some(pb::GraphProto {
-            name: "selective_scan".into(),
-            node: vec![node],
-            input: inputs,
-            output: vec![value_info("y", &nchw)],
-            ..Default::default()
-        }),
-        ..Default::default()
+    ScanModel {
+        import: Some(version),
+        ..ScanModel::new(c, h, w, directions)
     }
+    .model()
     .encode_to_vec()
 }
 

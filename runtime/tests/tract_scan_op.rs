@@ -4,143 +4,19 @@
 
 use gm_ops::tract_op::SelectiveScanOp;
 use gm_ops::{selective_scan_to_vec, Direction, ScanInputs, ScanShape, DOMAIN};
-use gm_runtime::testing::random;
+use gm_runtime::testing::{random, ScanModel, SCAN_NODE};
 use prost::Message;
-use tract_onnx::pb;
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::prelude::*;
 
-const NODE: &str = "block1.0.scan";
-const FLOAT: i32 = DataType::Float as i32;
 const FLOAT16: i32 = DataType::Float16 as i32;
 
-#[derive(Clone, Copy)]
-enum Dim {
-    Sym(&'static str),
-    Val(i64),
-}
-
-fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> pb::ValueInfoProto {
-    use pb::tensor_shape_proto::dimension::Value;
-    let dim = dims
-        .iter()
-        .map(|d| pb::tensor_shape_proto::Dimension {
-            value: Some(match *d {
-                Dim::Sym(s) => Value::DimParam(s.into()),
-                Dim::Val(v) => Value::DimValue(v),
-            }),
-            ..Default::default()
-        })
-        .collect();
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type,
-                shape: Some(pb::TensorShapeProto { dim }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// What to build: sizes, attribute, and the things the error tests spoil.
-#[derive(Clone)]
-struct Spec {
-    channels: i64,
-    groups: i64,
-    height: i64,
-    width: i64,
-    directions: Option<Vec<i64>>,
-    domain: &'static str,
-    import: Option<i64>,
-    elem_type: i32,
-}
-
-impl Spec {
-    fn new(channels: i64, height: i64, width: i64, directions: &[i64]) -> Spec {
-        Spec {
-            channels,
-            groups: directions.len() as i64,
-            height,
-            width,
-            directions: Some(directions.to_vec()),
-            domain: DOMAIN,
-            import: Some(1),
-            elem_type: FLOAT,
-        }
-    }
-
-    fn model(&self) -> pb::ModelProto {
-        let n = Dim::Sym("N");
-        let (c, g, h, w) = (
-            Dim::Val(self.channels),
-            Dim::Val(self.groups),
-            Dim::Val(self.height),
-            Dim::Val(self.width),
-        );
-        let t = self.elem_type;
-        let inputs = vec![
-            value_info("u", t, &[n, c, h, w]),
-            value_info("delta", t, &[n, c, h, w]),
-            value_info("A", FLOAT, &[c]),
-            value_info("B", t, &[n, g, h, w]),
-            value_info("C", t, &[n, g, h, w]),
-            value_info("D", FLOAT, &[c]),
-            value_info("delta_bias", FLOAT, &[c]),
-        ];
-        let attribute = self
-            .directions
-            .iter()
-            .map(|dirs| pb::AttributeProto {
-                name: "directions".into(),
-                r#type: pb::attribute_proto::AttributeType::Ints as i32,
-                ints: dirs.clone(),
-                ..Default::default()
-            })
-            .collect();
-        let node = pb::NodeProto {
-            name: NODE.into(),
-            op_type: "SelectiveScan".into(),
-            domain: self.domain.into(),
-            input: inputs.iter().map(|i| i.name.clone()).collect(),
-            output: vec!["y".into()],
-            attribute,
-            ..Default::default()
-        };
-        let mut opset_import = vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: 17,
-        }];
-        if let Some(version) = self.import {
-            opset_import.push(pb::OperatorSetIdProto {
-                domain: DOMAIN.into(),
-                version,
-            });
-        }
-        pb::ModelProto {
-            ir_version: 8,
-            opset_import,
-            producer_name: "gm-runtime tract_scan_op test".into(),
-            graph: Some(pb::GraphProto {
-                name: "selective_scan".into(),
-                node: vec![node],
-                input: inputs,
-                output: vec![value_info("y", t, &[n, c, h, w])],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    /// Serialises the model, reads it back through tract-onnx and optimises it.
-    fn load(&self) -> TractResult<TypedModel> {
-        let bytes = self.model().encode_to_vec();
-        let mut onnx = tract_onnx::onnx();
-        gm_ops::tract_op::register(&mut onnx);
-        onnx.model_for_read(&mut bytes.as_slice())?.into_optimized()
-    }
+/// Serialises the model, reads it back through tract-onnx and optimises it.
+fn load(spec: &ScanModel) -> TractResult<TypedModel> {
+    let bytes = spec.model().encode_to_vec();
+    let mut onnx = tract_onnx::onnx();
+    gm_ops::tract_op::register(&mut onnx);
+    onnx.model_for_read(&mut bytes.as_slice())?.into_optimized()
 }
 
 struct Case {
@@ -209,7 +85,7 @@ fn directions(values: &[i64]) -> Vec<Direction> {
 fn one_node_model_matches_cpu_kernel_with_symbolic_batch() -> TractResult<()> {
     let dirs = [0, 1, 2, 3];
     let (c, h, w) = (8usize, 5usize, 7usize);
-    let model = Spec::new(c as i64, h as i64, w as i64, &dirs).load()?;
+    let model = load(&ScanModel::new(c as i64, h as i64, w as i64, &dirs))?;
 
     // the batch stays symbolic through into_optimized, and our op is what runs
     let out = model.output_fact(0)?;
@@ -234,7 +110,7 @@ fn one_node_model_matches_cpu_kernel_with_symbolic_batch() -> TractResult<()> {
         .filter(|n| n.op_is::<SelectiveScanOp>())
         .collect();
     assert_eq!(scan_nodes.len(), 1);
-    assert_eq!(scan_nodes[0].name, NODE);
+    assert_eq!(scan_nodes[0].name, SCAN_NODE);
 
     let runnable = model.into_runnable()?;
     for (batch, seed) in [(2usize, 11u64), (3, 23), (1, 5)] {
@@ -265,11 +141,11 @@ fn one_node_model_matches_cpu_kernel_with_symbolic_batch() -> TractResult<()> {
 fn float16_is_converted_at_the_boundary() -> TractResult<()> {
     let dirs = [3, 1];
     let (c, h, w) = (4usize, 3usize, 4usize);
-    let spec = Spec {
+    let spec = ScanModel {
         elem_type: FLOAT16,
-        ..Spec::new(c as i64, h as i64, w as i64, &dirs)
+        ..ScanModel::new(c as i64, h as i64, w as i64, &dirs)
     };
-    let model = spec.load()?;
+    let model = load(&spec)?;
     assert_eq!(model.output_fact(0)?.datum_type, f16::datum_type());
     let shape = ScanShape {
         batch: 2,
@@ -308,8 +184,8 @@ fn float16_is_converted_at_the_boundary() -> TractResult<()> {
 }
 
 /// The whole error chain on one line (`{:#}`: every context, outermost first).
-fn load_error(spec: &Spec) -> String {
-    match spec.load() {
+fn load_error(spec: &ScanModel) -> String {
+    match load(spec) {
         Ok(_) => panic!("model loaded but should have been refused"),
         Err(e) => format!("{e:#}"),
     }
@@ -317,82 +193,91 @@ fn load_error(spec: &Spec) -> String {
 
 #[test]
 fn wrong_domain_is_refused_naming_the_node() {
-    let spec = Spec {
+    let spec = ScanModel {
         domain: "com.example",
-        ..Spec::new(4, 2, 3, &[0, 1, 2, 3])
+        ..ScanModel::new(4, 2, 3, &[0, 1, 2, 3])
     };
     let err = load_error(&spec);
     println!("wrong domain: {err}");
-    assert!(err.contains(NODE), "{err}");
+    assert!(err.contains(SCAN_NODE), "{err}");
     assert!(err.contains("com.example") && err.contains(DOMAIN), "{err}");
 
-    let spec = Spec {
+    let spec = ScanModel {
         domain: "",
-        ..Spec::new(4, 2, 3, &[0, 1, 2, 3])
+        ..ScanModel::new(4, 2, 3, &[0, 1, 2, 3])
     };
     let err = load_error(&spec);
-    assert!(err.contains(NODE) && err.contains("domain"), "{err}");
+    assert!(err.contains(SCAN_NODE) && err.contains("domain"), "{err}");
 }
 
 #[test]
 fn bad_directions_are_refused_naming_the_node() {
-    let err = load_error(&Spec::new(4, 2, 3, &[0, 1, 7, 3]));
+    let err = load_error(&ScanModel::new(4, 2, 3, &[0, 1, 7, 3]));
     println!("bad direction: {err}");
-    assert!(err.contains(NODE), "{err}");
+    assert!(err.contains(SCAN_NODE), "{err}");
     assert!(err.contains("directions") && err.contains("= 7"), "{err}");
 
-    let err = load_error(&Spec::new(4, 2, 3, &[-1]));
-    assert!(err.contains(NODE) && err.contains("-1"), "{err}");
+    let err = load_error(&ScanModel::new(4, 2, 3, &[-1]));
+    assert!(err.contains(SCAN_NODE) && err.contains("-1"), "{err}");
 
-    let spec = Spec {
+    let spec = ScanModel {
         directions: Some(vec![]),
         groups: 1,
-        ..Spec::new(4, 2, 3, &[0])
+        ..ScanModel::new(4, 2, 3, &[0])
     };
     let err = load_error(&spec);
-    assert!(err.contains(NODE) && err.contains("empty"), "{err}");
+    assert!(err.contains(SCAN_NODE) && err.contains("empty"), "{err}");
 
-    let spec = Spec {
+    let spec = ScanModel {
         directions: None,
-        ..Spec::new(4, 2, 3, &[0])
+        ..ScanModel::new(4, 2, 3, &[0])
     };
     let err = load_error(&spec);
     println!("missing directions: {err}");
-    assert!(err.contains(NODE) && err.contains("missing"), "{err}");
+    assert!(err.contains(SCAN_NODE) && err.contains("missing"), "{err}");
 }
 
 #[test]
 fn opset_import_and_group_count_are_checked() {
-    let spec = Spec {
+    let spec = ScanModel {
         import: None,
-        ..Spec::new(4, 2, 3, &[0, 1, 2, 3])
+        ..ScanModel::new(4, 2, 3, &[0, 1, 2, 3])
     };
     let err = load_error(&spec);
     println!("no opset import: {err}");
-    assert!(err.contains(NODE) && err.contains("opset_import"), "{err}");
+    assert!(
+        err.contains(SCAN_NODE) && err.contains("opset_import"),
+        "{err}"
+    );
 
-    let spec = Spec {
+    let spec = ScanModel {
         import: Some(2),
-        ..Spec::new(4, 2, 3, &[0, 1, 2, 3])
+        ..ScanModel::new(4, 2, 3, &[0, 1, 2, 3])
     };
     let err = load_error(&spec);
-    assert!(err.contains(NODE) && err.contains("version 2"), "{err}");
+    assert!(
+        err.contains(SCAN_NODE) && err.contains("version 2"),
+        "{err}"
+    );
 
     // three directions for a B with four groups
-    let spec = Spec {
+    let spec = ScanModel {
         groups: 4,
-        ..Spec::new(4, 2, 3, &[0, 1, 2])
+        ..ScanModel::new(4, 2, 3, &[0, 1, 2])
     };
     let err = load_error(&spec);
     println!("group mismatch: {err}");
-    assert!(err.contains(NODE), "{err}");
+    assert!(err.contains(SCAN_NODE), "{err}");
     assert!(
         err.contains("4 groups") && err.contains("3 entries"),
         "{err}"
     );
 
     // C = 6 channels, G = 4 groups
-    let err = load_error(&Spec::new(6, 2, 3, &[0, 1, 2, 3]));
+    let err = load_error(&ScanModel::new(6, 2, 3, &[0, 1, 2, 3]));
     println!("C not divisible by G: {err}");
-    assert!(err.contains(NODE) && err.contains("not divisible"), "{err}");
+    assert!(
+        err.contains(SCAN_NODE) && err.contains("not divisible"),
+        "{err}"
+    );
 }
