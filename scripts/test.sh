@@ -17,13 +17,16 @@ cd "$(dirname "$0")/.."
 python3 -m pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
 
 mkdir -p target
+# One build, once: every artifact is built for the whole workspace (one feature resolution, so the test
+# build below reuses it instead of compiling a second variant), without incremental caches (CI builds
+# once; they only cost disk).
+export CARGO_INCREMENTAL=0
+# The custom-op library must exist before the tests: a Rust test loads it with with_operator_library.
+cargo build -q --workspace --lib --bins --examples
 # --nocapture: the parity tests print the max abs error of every compared tensor.
 export GM_REQUIRE_ORT=1
-# The custom-op library first: a Rust test loads it with with_operator_library.
-cargo build -q -p gm-ort-library
 cargo test --workspace --no-fail-fast -- --nocapture 2>&1 | tee target/test-output.log
 
-cargo build -q -p gm-converter --bin gm-export
 out=target/onnx-check
 mkdir -p "$out"
 target/debug/gm-export --variant tiny --out "$out/groupmamba_tiny_random.onnx"
@@ -73,7 +76,6 @@ PYTHONPATH="$old" python3 scripts/function_parity.py --fixtures ../shared/parity
 # difference per image, tolerance 1e-2), and its top-1 on the fixture checkpoints' models. Pillow is
 # pinned: 13.0 changed the order of its resampling passes for some sizes, which we follow.
 python3 -m pip install -q --disable-pip-version-check pillow==13.0.0
-cargo build -q -p gm-runtime --bin gm-run --example preprocess
 python3 scripts/preprocess_parity.py --model "$out/custom-64x64.onnx" --model "$out/custom-72x100.onnx"
 # The CUDA kernel compiles for sm_90 and sm_87 (no GPU needed; skipped if nvcc cannot be installed).
 scripts/check_cuda_build.sh
