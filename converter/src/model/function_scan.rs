@@ -16,24 +16,25 @@
 //!    reversed directions (2, 3) visit L−1−base; the inverse orders likewise with
 //!    cm⁻¹(p) = (p mod W)·H + p div W. `GatherElements` on the last axis reorders log a and b
 //!    into visiting order, and the states back.
-//! 3. The recurrence over the last axis, exactly, with the chunked closed form of
-//!    `portable_scan` (same building blocks): [`LEVELS`] levels of chunks of T steps (padded at
-//!    the end with a = 1, b = 0 to a multiple of T, sliced back afterwards), then one closed form
-//!    over all remaining chunk-of-chunks, whose causal mask is built at run time
-//!    (`Range`, `Greater`, `Where`). Every `Exp` sees a difference of cumulative sums, ≤ 0 or
-//!    masked to −∞, so nothing overflows at any length.
+//! 3. The recurrence over the last axis, exactly, with the chunked form of `portable_scan`
+//!    (same building blocks): [`LEVELS`] levels of chunks of T steps (padded at the end with
+//!    a = 1, b = 0 to a multiple of T, sliced back afterwards), each chunk's own solution the
+//!    recurrence unrolled over its T steps, then one closed form over all remaining
+//!    chunk-of-chunks, whose causal mask is built at run time (`Range`, `Greater`, `Where`).
+//!    Every `Exp` sees a step's Δ·A ≤ 0, a cumulative sum of them, or a difference of cumulative
+//!    sums (≤ 0 or masked to −∞), so nothing overflows at any length.
 //! 4. y = C·h + D·u, reshaped to u's shape, `CastLike(y, u)`.
 //!
-//! Cost per channel, L = H·W, T the chunk length: level 1 multiplies ⌈L/T⌉ T×T decay matrices
-//! (≈ L·T products), level 2 ≈ L/T·T = L, and the top level one K×K matrix with K = ⌈L/T²⌉
-//! (K² = L²/T⁴). The top level costs no more than level 1 while L ≤ T⁵ (1,048,576 positions
-//! with T = 16, a 1024×1024 feature map) and grows quadratically in L/T² beyond; its K×K
-//! matrix per channel is also held in memory (K = 4,096 at L = T⁵). Short sequences are padded
-//! to T at each level (T² products per level, e.g. for the ClassBlock's L = 1).
+//! Cost per channel, L = H·W, T the chunk length: the two unrolled levels a few operations per
+//! step (≈ L + L/T), the top level one K×K matrix with K = ⌈L/T²⌉ (K² = L²/T⁴ products). The top
+//! level costs no more than the first while L ≤ T⁴ (65,536 positions with T = 16, a 256×256
+//! feature map) and grows quadratically in L/T² beyond; its K×K matrix per channel is also held in
+//! memory (K = 256 at L = T⁴). Short sequences are padded to T at each level (e.g. the
+//! ClassBlock's L = 1).
 
 use gm_ops::spec::{DOMAIN, OP_TYPE};
 
-use super::portable_scan::{pad_end, within_chunks, ChunkLevel, SOFTPLUS_THRESHOLD};
+use super::portable_scan::{closed_form, pad_end, ChunkLevel, Local, SOFTPLUS_THRESHOLD};
 use crate::onnx::proto::{DataType, FunctionProto};
 use crate::onnx::{Attr, FunctionBuilder, OpSink, Value};
 
@@ -108,7 +109,7 @@ pub fn selective_scan_function(chunk: usize, onnx_opset: i64) -> FunctionProto {
     let forward = index(&mut f, &order);
     let log_a = f.op("GatherElements", &[&log_a, &forward], &along_sequence);
     let input = f.op("GatherElements", &[&input, &forward], &along_sequence);
-    let states = scan(&mut f, &log_a, &input, chunk, LEVELS);
+    let states = scan(&mut f, &log_a, &input, chunk, LEVELS, Local::Unrolled);
     let backward = index(&mut f, &inverse);
     let states = f.op("GatherElements", &[&states, &backward], &along_sequence);
 
@@ -193,10 +194,17 @@ fn visiting_orders(
 /// States of h_t = exp(log_a_t)·h_{t−1} + b_t, h_{−1} = 0, along the last axis (length known
 /// only at run time) of rank-4 tensors: `levels` levels of chunks of `chunk` steps, then the
 /// closed form over everything left.
-fn scan(f: &mut FunctionBuilder, log_a: &Value, b: &Value, chunk: usize, levels: usize) -> Value {
+fn scan(
+    f: &mut FunctionBuilder,
+    log_a: &Value,
+    b: &Value,
+    chunk: usize,
+    levels: usize,
+    local: Local,
+) -> Value {
     if levels == 0 {
         let mask = runtime_causal_mask(f, log_a);
-        return within_chunks(f, log_a, b, &mask).0;
+        return closed_form(f, log_a, b, &mask).solution;
     }
     let t = chunk as i64;
     let len = f.op("Shape", &[log_a], &[("start", Attr::Int(3))]);
@@ -211,8 +219,15 @@ fn scan(f: &mut FunctionBuilder, log_a: &Value, b: &Value, chunk: usize, levels:
     let pads = f.op("Concat", &[&no_pads, &extra], &[("axis", Attr::Int(0))]);
     let (log_a, b) = pad_end(f, log_a, b, &pads);
 
-    let level = ChunkLevel::solve(f, &log_a, &b, chunk);
-    let ends = scan(f, &level.chunk_log_a, &level.chunk_b, chunk, levels - 1);
+    let level = ChunkLevel::solve(f, &log_a, &b, chunk, local);
+    let ends = scan(
+        f,
+        &level.chunk_log_a,
+        &level.chunk_b,
+        chunk,
+        levels - 1,
+        Local::ClosedForm,
+    );
     let states = level.carry(f, &ends);
     let starts = f.ints(&[0]);
     let axes = f.ints(&[3]);

@@ -5,20 +5,28 @@
 //! h_t = a_t·h_{t−1} + b_t, a_t = exp(ℓ_t), ℓ_t = Δ_t·A ≤ 0, b_t = Δ_t·B_t·u_t. Its exact chunked
 //! closed form: cut the sequence into chunks of T steps; inside a chunk, with S_i the cumulative
 //! sum of ℓ from the chunk start,
-//!     h_i = Σ_{j ≤ i} exp(S_i − S_j)·b_j  +  exp(S_i)·h_in,
-//! i.e. a masked lower-triangular T×T decay matrix times b, plus the incoming state. The incoming
-//! states are themselves a scalar linear recurrence over chunks (a = exp(S_{T−1}), b = the
-//! chunk's final local state), solved by the same construction one level up, until one chunk
-//! remains. Every exponent is a difference of cumulative sums inside one chunk (≤ 0 on and below
-//! the diagonal; the upper triangle is masked with −∞ before `Exp`), so nothing overflows
-//! whatever the sequence length — unlike exp of a global cumulative sum. Shapes are static
-//! (per export size), no `Loop`/`Scan`. As in the op, everything is float32 (an FP16 export
-//! casts the scan's inputs up and its output down).
+//!     h_i = Σ_{j ≤ i} exp(S_i − S_j)·b_j  +  exp(S_i)·h_in.
+//! The first term, the chunk's zero-initial-state solution, is computed in one of two ways
+//! (`Local`): on the first level, which holds all L steps, as the recurrence itself unrolled
+//! over the T steps of every chunk at once (`Split` into T slices, one `Mul` and one `Add` per
+//! step, `Concat`): a few operations per element, for ~2T nodes; on the levels above (L/T steps
+//! and fewer) as the masked T×T decay-matrix product written above: ~T exponentials and products
+//! per element, for a handful of nodes. (Unrolling every level made ONNX Runtime no faster on CPU
+//! and tract's model preparation 1.4× slower.) The incoming states are themselves a scalar linear
+//! recurrence over chunks (a = exp(S_{T−1}), b = the chunk's final local state), solved by the
+//! same construction one level up, until one chunk remains. Every factor is an a_t = exp(ℓ_t) ≤ 1,
+//! an exp(S_i) ≤ 1 of a cumulative sum inside one chunk, or an exp(S_i − S_j) ≤ 1 (the upper
+//! triangle is masked with −∞ before `Exp`), so nothing overflows whatever the sequence length —
+//! unlike exp of a global cumulative sum. Shapes are static (per export size), no `Loop`/`Scan`.
+//! As in the op, everything is float32 (an FP16 export casts the scan's inputs up and its output
+//! down).
 //!
-//! Scan directions are per-group permutations of the sequence axis (`Gather` with constant
-//! indices, skipped for the identity), undone after the scan.
+//! Scan directions are per-group reorderings of the sequence axis into visiting order, undone
+//! after the scan, with layout operators only: the column-major directions transpose the map
+//! (`Reshape`, `Transpose`, `Reshape`: no index tensor, coalesced tiles), the reversed ones read
+//! the sequence backwards (`Gather` of L−1 … 0).
 //!
-//! The chunk-level building blocks ([`ChunkLevel`], [`within_chunks`]) write through
+//! The chunk-level building blocks (`ChunkLevel`, `unrolled`, `closed_form`) write through
 //! [`OpSink`]; the model-local function of `--scan function` (`function_scan`) builds its body,
 //! where the length is only known at run time, from the same blocks.
 
@@ -115,65 +123,123 @@ fn emit_f32(
     let b = e.mul(&dt, b_rows);
     let b = e.mul(&b, u);
 
-    let perms: Vec<Vec<usize>> = directions
-        .iter()
-        .map(|dir| dir.visiting_order(h, w))
-        .collect();
-    let log_a = permute(e, &log_a, &perms, false);
-    let b = permute(e, &b, &perms, false);
-    let states = chunked(e, &log_a, &b, h * w, chunk);
-    let states = permute(e, &states, &perms, true);
+    let log_a = reorder(e, &log_a, directions, (h, w), Reorder::ToVisiting);
+    let b = reorder(e, &b, directions, (h, w), Reorder::ToVisiting);
+    let states = chunked(e, &log_a, &b, h * w, chunk, Local::Unrolled);
+    let states = reorder(e, &states, directions, (h, w), Reorder::ToRowMajor);
 
     let y = e.mul(c_rows, &states);
     let skip = e.mul(&d, u);
     e.add(&y, &skip)
 }
 
-/// Reorders the last axis of (B, G, d, L) group by group: into visiting order, or (`inverse`)
-/// back to row-major order. Groups scanned in row-major order are left alone.
-fn permute(e: &mut Emitter, x: &Value, perms: &[Vec<usize>], inverse: bool) -> Value {
-    let is_identity = |p: &[usize]| p.iter().enumerate().all(|(i, &v)| i == v);
-    if perms.iter().all(|p| is_identity(p)) {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reorder {
+    /// Row-major order → each group's visiting order.
+    ToVisiting,
+    /// Visiting order → row-major order.
+    ToRowMajor,
+}
+
+/// Reorders the last axis (L = h·w) of (B, G, d, L) group by group. Groups scanned in row-major
+/// order are left alone.
+fn reorder(
+    e: &mut Emitter,
+    x: &Value,
+    directions: &[Direction],
+    (h, w): (usize, usize),
+    way: Reorder,
+) -> Value {
+    let moves = |dir: &Direction| h * w > 1 && *dir != Direction::RowMajor;
+    if !directions.iter().any(moves) {
         return x.clone();
     }
-    let parts = if perms.len() == 1 {
+    let parts = if directions.len() == 1 {
         vec![x.clone()]
     } else {
-        e.g.node("", "Split", &[x], perms.len(), &[("axis", Attr::Int(1))])
+        e.g.node(
+            "",
+            "Split",
+            &[x],
+            directions.len(),
+            &[("axis", Attr::Int(1))],
+        )
     };
-    let permuted: Vec<Value> = parts
+    let reordered: Vec<Value> = parts
         .iter()
-        .zip(perms)
-        .map(|(part, perm)| {
-            if is_identity(perm) {
+        .zip(directions)
+        .map(|(part, dir)| {
+            if !moves(dir) {
                 return part.clone();
             }
-            let index: Vec<i64> = if inverse {
-                let mut inv = vec![0i64; perm.len()];
-                for (s, &p) in perm.iter().enumerate() {
-                    inv[p] = s as i64;
+            // Visiting order of a column-major direction = the transposed map in row-major
+            // order; a reversed direction reads its sequence backwards. Undoing transposes the
+            // (w × h) map back and reverses first.
+            match (way, dir.is_column_major(), dir.is_reversed()) {
+                (_, false, true) => reverse(e, part, h * w),
+                (Reorder::ToVisiting, true, reversed) => {
+                    let t = transpose_map(e, part, h, w);
+                    if reversed {
+                        reverse(e, &t, h * w)
+                    } else {
+                        t
+                    }
                 }
-                inv
-            } else {
-                perm.iter().map(|&p| p as i64).collect()
-            };
-            let index = e.g.ints(&index);
-            e.g.op("Gather", &[part, &index], &[("axis", Attr::Int(3))])
+                (Reorder::ToRowMajor, true, reversed) => {
+                    let t = if reversed {
+                        reverse(e, part, h * w)
+                    } else {
+                        part.clone()
+                    };
+                    transpose_map(e, &t, w, h)
+                }
+                (_, false, false) => unreachable!("row-major groups are left alone"),
+            }
         })
         .collect();
-    if permuted.len() == 1 {
-        return permuted.into_iter().next().unwrap();
+    if reordered.len() == 1 {
+        return reordered.into_iter().next().unwrap();
     }
-    let refs: Vec<&Value> = permuted.iter().collect();
+    let refs: Vec<&Value> = reordered.iter().collect();
     e.g.op("Concat", &refs, &[("axis", Attr::Int(1))])
 }
 
+/// (B, G, d, rows·cols) holding a rows × cols map row-major → the cols × rows transposed map,
+/// row-major.
+fn transpose_map(e: &mut Emitter, x: &Value, rows: usize, cols: usize) -> Value {
+    let map = e.reshape(x, &[0, 0, 0, rows as i64, cols as i64]);
+    let t = e.transpose(&map, &[0, 1, 2, 4, 3]);
+    e.reshape(&t, &[0, 0, 0, -1])
+}
+
+/// The last axis (of length `len`) of a rank-4 tensor, backwards: a `Gather` of the indices
+/// len−1 … 0. (`Slice` with step −1 would say the same, but tract 0.23's declutter fails on it
+/// when it follows a `Reshape`: "Pulling Downsample over Reshape: Invalid axis".)
+fn reverse(e: &mut Emitter, x: &Value, len: usize) -> Value {
+    let backwards: Vec<i64> = (0..len as i64).rev().collect();
+    let index = e.g.ints(&backwards);
+    e.g.op("Gather", &[x, &index], &[("axis", Attr::Int(3))])
+}
+
 /// States h of the recurrence h_t = exp(log_a_t)·h_{t−1} + b_t, h_{−1} = 0, along the last axis
-/// of length `n` (known at export) of rank-4 tensors (B, G, d, n).
-fn chunked<S: OpSink>(s: &mut S, log_a: &Value, b: &Value, n: usize, chunk: usize) -> Value {
+/// of length `n` (known at export) of rank-4 tensors (B, G, d, n); `local` solves the chunks of
+/// this level, the levels above (n/T steps and fewer) use the closed form.
+fn chunked<S: OpSink>(
+    s: &mut S,
+    log_a: &Value,
+    b: &Value,
+    n: usize,
+    chunk: usize,
+    local: Local,
+) -> Value {
     if n <= chunk {
-        let mask = s.float_tensor(&format!("causal_mask_{n}"), &causal_mask(n));
-        return within_chunks(s, log_a, b, &mask).0;
+        return match local {
+            Local::Unrolled => unrolled(s, log_a, b, n),
+            Local::ClosedForm => {
+                let mask = s.float_tensor(&format!("causal_mask_{n}"), &causal_mask(n));
+                closed_form(s, log_a, b, &mask).solution
+            }
+        };
     }
     let k = n.div_ceil(chunk);
     let padded = k * chunk;
@@ -183,8 +249,15 @@ fn chunked<S: OpSink>(s: &mut S, log_a: &Value, b: &Value, n: usize, chunk: usiz
     } else {
         (log_a.clone(), b.clone())
     };
-    let level = ChunkLevel::solve(s, &log_a, &b, chunk);
-    let ends = chunked(s, &level.chunk_log_a, &level.chunk_b, k, chunk);
+    let level = ChunkLevel::solve(s, &log_a, &b, chunk, local);
+    let ends = chunked(
+        s,
+        &level.chunk_log_a,
+        &level.chunk_b,
+        k,
+        chunk,
+        Local::ClosedForm,
+    );
     let states = level.carry(s, &ends);
     if padded == n {
         return states;
@@ -227,17 +300,37 @@ pub(super) struct ChunkLevel {
 }
 
 impl ChunkLevel {
-    pub(super) fn solve<S: OpSink>(s: &mut S, log_a: &Value, b: &Value, t: usize) -> Self {
+    pub(super) fn solve<S: OpSink>(
+        s: &mut S,
+        log_a: &Value,
+        b: &Value,
+        t: usize,
+        local: Local,
+    ) -> Self {
         let t_i = t as i64;
         let log_a = s.reshape_to(log_a, &[0, 0, 0, -1, t_i]);
         let b = s.reshape_to(b, &[0, 0, 0, -1, t_i]);
-        let mask = s.float_tensor(&format!("causal_mask_{t}"), &causal_mask(t));
-        let (local, cumsum) = within_chunks(s, &log_a, &b, &mask);
-        let last = s.int_scalar(t_i - 1);
-        let chunk_log_a = s.op("Gather", &[&cumsum, &last], &[("axis", Attr::Int(4))]);
-        let chunk_b = s.op("Gather", &[&local, &last], &[("axis", Attr::Int(4))]);
+        let (solution, cumsum) = match local {
+            Local::Unrolled => {
+                let axis = s.int_scalar(-1);
+                let cumsum = s.op("CumSum", &[&log_a, &axis], &[]);
+                (unrolled(s, &log_a, &b, t), cumsum)
+            }
+            Local::ClosedForm => {
+                let mask = s.float_tensor(&format!("causal_mask_{t}"), &causal_mask(t));
+                let c = closed_form(s, &log_a, &b, &mask);
+                (c.solution, c.cumsum)
+            }
+        };
+        let last_step = s.int_scalar(t_i - 1);
+        let chunk_log_a = s.op("Gather", &[&cumsum, &last_step], &[("axis", Attr::Int(4))]);
+        let chunk_b = s.op(
+            "Gather",
+            &[&solution, &last_step],
+            &[("axis", Attr::Int(4))],
+        );
         Self {
-            local,
+            local: solution,
             cumsum,
             chunk_log_a,
             chunk_b,
@@ -264,15 +357,55 @@ impl ChunkLevel {
     }
 }
 
-/// Zero-initial-state solution along the last axis (length t), and the cumulative sums S of
-/// log_a: h_i = Σ_{j ≤ i} exp(S_i − S_j)·b_j. `mask` is t×t: 0 on and below the diagonal, −∞
-/// above (added before `Exp`, so no exponent is ever positive).
-pub(super) fn within_chunks<S: OpSink>(
+/// How a level solves its chunks from a zero state.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Local {
+    /// The recurrence itself, unrolled over the T steps: a few operations per element but ~2T
+    /// nodes. For the first level, where all L steps are.
+    Unrolled,
+    /// The masked T×T decay matrix: ~T exponentials and products per element but a handful of
+    /// nodes. For the levels above, which see L/T steps and fewer.
+    ClosedForm,
+}
+
+/// Zero-initial-state solution along the last axis, of static length `t`, step by step:
+/// h_0 = b_0, h_i = exp(log_a_i)·h_{i−1} + b_i, every slice of the other axes at once.
+pub(super) fn unrolled<S: OpSink>(s: &mut S, log_a: &Value, b: &Value, t: usize) -> Value {
+    assert!(t >= 1, "a recurrence of no steps");
+    if t == 1 {
+        return b.clone();
+    }
+    let a = s.op("Exp", &[log_a], &[]);
+    let last_axis = [("axis", Attr::Int(-1))];
+    let a_steps = s.node("Split", &[&a], t, &last_axis);
+    let b_steps = s.node("Split", &[b], t, &last_axis);
+    let mut states = vec![b_steps[0].clone()];
+    for (a_i, b_i) in a_steps.iter().zip(&b_steps).skip(1) {
+        let decayed = s.op("Mul", &[a_i, states.last().unwrap()], &[]);
+        states.push(s.op("Add", &[&decayed, b_i], &[]));
+    }
+    let refs: Vec<&Value> = states.iter().collect();
+    s.op("Concat", &refs, &last_axis)
+}
+
+/// [`closed_form`]'s result.
+pub(super) struct ClosedForm {
+    /// The zero-initial-state solution, shaped as the inputs.
+    pub solution: Value,
+    /// The cumulative sums of log_a along the last axis.
+    pub cumsum: Value,
+}
+
+/// Zero-initial-state solution along the last axis in closed form:
+/// h_i = Σ_{j ≤ i} exp(S_i − S_j)·b_j with S the cumulative sums of log_a. `mask` is t×t: 0 on
+/// and below the diagonal, −∞ above (added before `Exp`, so no exponent is ever positive); the
+/// model-local function builds it at run time for its top level, whose length is not static.
+pub(super) fn closed_form<S: OpSink>(
     s: &mut S,
     log_a: &Value,
     b: &Value,
     mask: &Value,
-) -> (Value, Value) {
+) -> ClosedForm {
     let axis = s.int_scalar(-1);
     let cumsum = s.op("CumSum", &[log_a, &axis], &[]);
     let last_axis = s.ints(&[-1]);
@@ -284,8 +417,8 @@ pub(super) fn within_chunks<S: OpSink>(
     let decay = s.op("Exp", &[&diff], &[]);
     let b = s.op("Unsqueeze", &[b, &last_axis], &[]);
     let h = s.op("MatMul", &[&decay, &b], &[]);
-    let h = s.op("Squeeze", &[&h, &last_axis], &[]);
-    (h, cumsum)
+    let solution = s.op("Squeeze", &[&h, &last_axis], &[]);
+    ClosedForm { solution, cumsum }
 }
 
 /// T×T: 0 on and below the diagonal, −∞ above (exp → 0: no future step contributes).

@@ -1,19 +1,24 @@
-//! The body of the model-local function `ai.groupmamba::SelectiveScan` (`--scan function`) at the
-//! op level, in ONNX Runtime with the op NOT registered (so ONNX Runtime inlines the body), against
-//! the reference CPU kernel (`gm_ops::selective_scan`), on shapes the fixtures do not reach: L = 1,
-//! L not a multiple of the chunk, L beyond chunk² (so the top level's run-time mask has K > 1),
-//! G ≠ 4, repeated and reversed directions, softplus inputs above the threshold, batch > 1, and
-//! float16 u/delta/B/C (the body casts to float32 and `CastLike`s back).
+//! The scan in standard ONNX operators, at the op level, in ONNX Runtime with our op NOT registered,
+//! against the reference CPU kernel (`gm_ops::selective_scan`): the body of the model-local function
+//! `ai.groupmamba::SelectiveScan` (`--scan function`; ONNX Runtime inlines it) and the static graph of
+//! `--scan portable`, on shapes the fixtures do not reach: L = 1, L not a multiple of the chunk, L
+//! beyond chunk² (the function's top level has K > 1; the portable graph three levels), G ≠ 4,
+//! repeated and reversed directions, softplus inputs above the threshold, decays that underflow to
+//! 0, batch > 1, and float16 u/delta/B/C (cast to float32 inside, back to float16 at the end).
 //!
-//! Each case is a one-node model: the graph input is `u`, the other six inputs are initializers.
-//! Metric: |body − kernel| ≤ 1e-5 + 1e-5·|kernel| elementwise (float32; the body is the exact
-//! chunked closed form, so only rounding differs); float16: ≤ 2e-3·|kernel| + 1e-6 (one f16
-//! rounding of the output, the inputs rounded to f16 identically for both).
+//! Each case is a one-scan model: the graph input is `u`, the other six inputs are initializers.
+//! Metric: |graph − kernel| ≤ 1e-5 + 1e-5·|kernel| elementwise (float32; both forms are exact, so
+//! only rounding differs); float16: ≤ 2e-3·|kernel| + 1e-6 (one f16 rounding of the output, the
+//! inputs rounded to f16 identically for both).
 
 use std::path::PathBuf;
 
+use std::collections::BTreeMap;
+
 use gm_converter::export::{IR_VERSION, ONNX_OPSET};
+use gm_converter::model::emit::Emitter;
 use gm_converter::model::function_scan::selective_scan_function;
+use gm_converter::model::portable_scan::{self, PortableScanInputs};
 use gm_converter::onnx::proto::{DataType, ModelProto, OperatorSetIdProto};
 use gm_converter::onnx::{Attr, Dim, FloatType, GraphBuilder};
 use gm_converter::tensor::Tensor;
@@ -24,11 +29,23 @@ use gm_runtime::backend::ort::{OrtBackend, OrtLoadOptions};
 use gm_runtime::backend::{Backend, HostTensor};
 use gm_runtime::testing::{ort_or_skip, Rng};
 
+/// Which standard-op form of the scan a case builds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Form {
+    /// A `SelectiveScan` node plus its model-local function (inlined by ONNX Runtime).
+    Function,
+    /// The `--scan portable` graph, shapes static.
+    Portable,
+}
+
 struct Case {
     shape: ScanShape,
     directions: Vec<i64>,
     chunk: usize,
     fp16: bool,
+    form: Form,
+    /// Scales A: large values make whole chunks' decays underflow to 0.
+    a_scale: f32,
 }
 
 fn case(n: usize, c: usize, g: usize, (h, w): (usize, usize), dirs: &[i64], chunk: usize) -> Case {
@@ -43,7 +60,14 @@ fn case(n: usize, c: usize, g: usize, (h, w): (usize, usize), dirs: &[i64], chun
         directions: dirs.to_vec(),
         chunk,
         fp16: false,
+        form: Form::Function,
+        a_scale: 1.0,
     }
+}
+
+fn portable(mut c: Case) -> Case {
+    c.form = Form::Portable;
+    c
 }
 
 fn round_f16(v: &mut [f32]) {
@@ -79,7 +103,11 @@ fn inputs(case: &Case, seed: u64) -> Inputs {
     let mut inputs = Inputs {
         u: rng.vec(n * c * h * w, -1.5, 1.5),
         delta,
-        a: rng.vec(c, -1.5, -0.01),
+        a: rng
+            .vec(c, -1.5, -0.01)
+            .into_iter()
+            .map(|a| a * case.a_scale)
+            .collect(),
         b: rng.vec(n * g * h * w, -1.0, 1.0),
         c: rng.vec(n * g * h * w, -1.0, 1.0),
         d: rng.vec(c, -1.0, 1.0),
@@ -98,8 +126,9 @@ fn inputs(case: &Case, seed: u64) -> Inputs {
     inputs
 }
 
-/// A model with one SelectiveScan node and the function: input `u` (float32; cast to float16 in
-/// the graph for fp16 cases), output `y` (float32).
+/// A model computing one scan: input `u` (float32; cast to float16 in the graph for fp16 cases),
+/// output `y` (float32), the other inputs initializers. `Form::Function`: one SelectiveScan node
+/// and the function; `Form::Portable`: the portable graph.
 fn write_model(case: &Case, x: &Inputs, path: &PathBuf) {
     let ScanShape {
         batch: n,
@@ -108,7 +137,7 @@ fn write_model(case: &Case, x: &Inputs, path: &PathBuf) {
         height: h,
         width: w,
     } = case.shape;
-    let mut gb = GraphBuilder::new("selective_scan_function");
+    let mut gb = GraphBuilder::new("selective_scan");
     let map = [n, c, h, w].map(Dim::Fixed);
     let u = gb.input("u", DataType::Float, &map);
     let t = if case.fp16 {
@@ -125,23 +154,60 @@ fn write_model(case: &Case, x: &Inputs, path: &PathBuf) {
     } else {
         u
     };
-    let delta = gb.initializer("delta", &Tensor::new(vec![n, c, h, w], x.delta.clone()), t);
+    let delta_t = Tensor::new(vec![n, c, h, w], x.delta.clone());
     let rows = |v: &Vec<f32>| Tensor::new(vec![n, g, h, w], v.clone());
-    let b = gb.initializer("B", &rows(&x.b), t);
-    let cc = gb.initializer("C", &rows(&x.c), t);
     let per_channel = |v: &Vec<f32>| Tensor::new(vec![c], v.clone());
-    let a = gb.initializer("A", &per_channel(&x.a), FloatType::F32);
-    let d = gb.initializer("D", &per_channel(&x.d), FloatType::F32);
-    let bias = gb.initializer("delta_bias", &per_channel(&x.bias), FloatType::F32);
-    let y = gb
-        .node(
-            DOMAIN,
-            OP_TYPE,
-            &[&u, &delta, &a, &b, &cc, &d, &bias],
-            1,
-            &[("directions", Attr::Ints(case.directions.clone()))],
-        )
-        .remove(0);
+    let (y, functions, mut gb) = match case.form {
+        Form::Function => {
+            let delta = gb.initializer("delta", &delta_t, t);
+            let b = gb.initializer("B", &rows(&x.b), t);
+            let cc = gb.initializer("C", &rows(&x.c), t);
+            let a = gb.initializer("A", &per_channel(&x.a), FloatType::F32);
+            let d = gb.initializer("D", &per_channel(&x.d), FloatType::F32);
+            let bias = gb.initializer("delta_bias", &per_channel(&x.bias), FloatType::F32);
+            let y = gb
+                .node(
+                    DOMAIN,
+                    OP_TYPE,
+                    &[&u, &delta, &a, &b, &cc, &d, &bias],
+                    1,
+                    &[("directions", Attr::Ints(case.directions.clone()))],
+                )
+                .remove(0);
+            (y, vec![selective_scan_function(case.chunk, ONNX_OPSET)], gb)
+        }
+        Form::Portable => {
+            let no_weights = BTreeMap::new();
+            let mut e = Emitter::new(gb, &no_weights, t, false);
+            let l = (h * w) as i64;
+            let grouped = [0, g as i64, (c / g) as i64, l];
+            let row_shape = [0, g as i64, 1, l];
+            let ug = e.reshape(&u, &grouped);
+            let delta = e.constant("delta", &delta_t);
+            let delta = e.reshape(&delta, &grouped);
+            let b = e.constant("B", &rows(&x.b));
+            let b = e.reshape(&b, &row_shape);
+            let cc = e.constant("C", &rows(&x.c));
+            let cc = e.reshape(&cc, &row_shape);
+            let directions: Vec<Direction> = case
+                .directions
+                .iter()
+                .map(|&v| Direction::from_i64(v).unwrap())
+                .collect();
+            let inputs = PortableScanInputs {
+                u: &ug,
+                delta: &delta,
+                b_rows: &b,
+                c_rows: &cc,
+                a: &per_channel(&x.a),
+                d: &per_channel(&x.d),
+                delta_bias: &per_channel(&x.bias),
+            };
+            let y = portable_scan::emit(&mut e, inputs, &directions, c / g, (h, w), case.chunk);
+            let y = e.reshape(&y, &[n as i64, c as i64, h as i64, w as i64]);
+            (y, vec![], e.g)
+        }
+    };
     let y = if case.fp16 {
         gb.op("Cast", &[&y], &[("to", Attr::Int(DataType::Float as i64))])
     } else {
@@ -162,7 +228,7 @@ fn write_model(case: &Case, x: &Inputs, path: &PathBuf) {
                 version: OPSET_VERSION,
             },
         ],
-        functions: vec![selective_scan_function(case.chunk, ONNX_OPSET)],
+        functions,
         ..ModelProto::default()
     };
     use prost::Message;
@@ -240,7 +306,8 @@ fn run_cases(test: &str, cases: &[Case]) {
             worst = worst.max(ratio);
             assert!(
                 ratio <= 1.0,
-                "{test} case {k} ({}, directions {:?}, chunk {}, fp16 {}): element {i}: body {got}, kernel {want}",
+                "{test} case {k} ({:?}, {}, directions {:?}, chunk {}, fp16 {}): element {i}: graph {got}, kernel {want}",
+                case.form,
                 case.shape,
                 case.directions,
                 case.chunk,
@@ -248,7 +315,8 @@ fn run_cases(test: &str, cases: &[Case]) {
             );
         }
         println!(
-            "{test} case {k}: {} directions {:?} chunk {}{}: max abs {max_abs:.2e}, worst err/tol {worst:.3}",
+            "{test} case {k}: {:?} {} directions {:?} chunk {}{}: max abs {max_abs:.2e}, worst err/tol {worst:.3}",
+            case.form,
             case.shape,
             case.directions,
             case.chunk,
@@ -288,4 +356,37 @@ fn inlined_body_handles_float16_inputs() {
         c.fp16 = true;
     }
     run_cases("inlined_body_handles_float16_inputs", &cases);
+}
+
+#[test]
+fn portable_graph_matches_kernel_on_odd_shapes() {
+    let mut underflow = case(2, 8, 4, (33, 40), &[0, 1, 2, 3], 16);
+    // Δ·A down to about −1000 per step: a_t = exp(Δ·A) underflows to 0 for many steps.
+    underflow.a_scale = 40.0;
+    let cases: Vec<Case> = [
+        // The ClassBlock's L = 1, every direction.
+        case(2, 8, 4, (1, 1), &[0, 1, 2, 3], 16),
+        // L = 35 with chunk 4: padded at every level (35 → 9 → 3 chunks).
+        case(2, 8, 4, (5, 7), &[0, 1, 2, 3], 4),
+        // G = 2, repeated reversed column-major directions, one row (the transpose is a no-op).
+        case(1, 6, 2, (1, 16), &[3, 3], 16),
+        // One column, G = 3, a direction of each kind but column-major reversed.
+        case(1, 3, 3, (13, 1), &[1, 2, 0], 16),
+        // Non-square map with every direction: the transposes must swap H and W correctly.
+        case(1, 8, 4, (6, 11), &[0, 1, 2, 3], 4),
+        // L = 37·111 = 4107 > 16³ with chunk 16: three levels (257, 17, 2 chunks), padded.
+        case(1, 4, 4, (37, 111), &[3, 2, 1, 0], 16),
+        underflow,
+    ]
+    .into_iter()
+    .map(portable)
+    .collect();
+    run_cases("portable_graph_matches_kernel_on_odd_shapes", &cases);
+}
+
+#[test]
+fn portable_graph_handles_float16_inputs() {
+    let mut c = portable(case(2, 8, 4, (9, 11), &[0, 1, 2, 3], 16));
+    c.fp16 = true;
+    run_cases("portable_graph_handles_float16_inputs", &[c]);
 }
