@@ -92,7 +92,8 @@ def main():
         if time_tract:
             tract = json.loads(sh(["target/release/gm-bench", "--model", path, "--backend", "tract", "--batch", "1",
                                    "--iters", str(max(3, args.iters // 2)), "--warmup", "1"]).splitlines()[0])
-            r.update({"tract_batch1_ms": tract["median_ms"], "tract_load_s": tract.get("load_s")})
+            r.update({"tract_batch1_ms": tract["median_ms"], "tract_load_s": tract.get("load_s"),
+                      "tract_first_run_s": tract.get("first_run_s")})
         results.append(r)
         print(json.dumps(r), flush=True)
     custom = results[0]
