@@ -529,11 +529,7 @@ pub struct OrtLoadOptions {
 }
 
 pub struct OrtBackend {
-    path: PathBuf,
-    session: Session,
-    input_name: String,
-    input: Vec<InputDim>,
-    outputs: Vec<String>,
+    model: SessionModel,
     runtime: &'static OrtRuntime,
 }
 
@@ -605,13 +601,8 @@ impl OrtBackend {
                     .map_err(|e| ort::Error::new(e.to_string()))
             })
             .map_err(|e| load_err(format!("{} ({})", e, rt.describe())))?;
-        let (input_name, input, outputs) = session_io(&session, path)?;
         Ok(Self {
-            path: path.to_path_buf(),
-            session,
-            input_name,
-            input,
-            outputs,
+            model: SessionModel::new(session, path)?,
             runtime: rt,
         })
     }
@@ -628,20 +619,70 @@ impl Backend for OrtBackend {
     }
 
     fn input_shape(&self) -> &[InputDim] {
-        &self.input
+        &self.model.input
     }
 
     fn output_names(&self) -> &[String] {
-        &self.outputs
+        &self.model.outputs
     }
 
     fn run(&mut self, images: &HostTensor) -> Result<Vec<HostTensor>, BackendError> {
-        run_session(&mut self.session, &self.input_name, &self.path, images)
+        self.model.run(images)
+    }
+}
+
+/// A created ONNX Runtime session with what the backends need of it: the CPU and the CUDA backend
+/// differ only in how they build the session.
+pub(crate) struct SessionModel {
+    path: PathBuf,
+    session: Session,
+    input_name: String,
+    /// Declared dims of the session's first (only) input.
+    pub(crate) input: Vec<InputDim>,
+    pub(crate) outputs: Vec<String>,
+}
+
+impl SessionModel {
+    /// Reads the session's first input (name and declared dims) and its output names.
+    pub(crate) fn new(session: Session, path: &Path) -> Result<Self, BackendError> {
+        let (input_name, input, outputs) = session_io(&session, path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            session,
+            input_name,
+            input,
+            outputs,
+        })
+    }
+
+    /// Runs the session on host `images` and copies every output back to the host: the one run
+    /// path of the ONNX Runtime backends (for the CUDA EP, ONNX Runtime moves the data to and from
+    /// the GPU).
+    pub(crate) fn run(&mut self, images: &HostTensor) -> Result<Vec<HostTensor>, BackendError> {
+        let run_err = |e: ort::Error| BackendError::Run {
+            model: self.path.display().to_string(),
+            message: e.to_string(),
+        };
+        let input = TensorRef::from_array_view((images.shape.clone(), images.data.as_slice()))
+            .map_err(run_err)?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => input])
+            .map_err(run_err)?;
+        let mut result = Vec::with_capacity(outputs.len());
+        for (_, value) in outputs.iter() {
+            let (shape, data) = value.try_extract_tensor::<f32>().map_err(run_err)?;
+            result.push(HostTensor {
+                shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
+                data: data.to_vec(),
+            });
+        }
+        Ok(result)
     }
 }
 
 /// The session's first input (name and declared dims) and its output names.
-pub(crate) fn session_io(
+fn session_io(
     session: &Session,
     path: &Path,
 ) -> Result<(String, Vec<InputDim>, Vec<String>), BackendError> {
@@ -687,34 +728,6 @@ pub(crate) fn session_io(
         .map(|o| o.name().to_string())
         .collect();
     Ok((input_name, input, outputs))
-}
-
-/// Runs `session` on host `images` and copies every output back to the host: the one run path of
-/// the ONNX Runtime backends (for the CUDA EP, ONNX Runtime moves the data to and from the GPU).
-pub(crate) fn run_session(
-    session: &mut Session,
-    input_name: &str,
-    path: &Path,
-    images: &HostTensor,
-) -> Result<Vec<HostTensor>, BackendError> {
-    let run_err = |e: ort::Error| BackendError::Run {
-        model: path.display().to_string(),
-        message: e.to_string(),
-    };
-    let input = TensorRef::from_array_view((images.shape.clone(), images.data.as_slice()))
-        .map_err(run_err)?;
-    let outputs = session
-        .run(ort::inputs![input_name => input])
-        .map_err(run_err)?;
-    let mut result = Vec::with_capacity(outputs.len());
-    for (_, value) in outputs.iter() {
-        let (shape, data) = value.try_extract_tensor::<f32>().map_err(run_err)?;
-        result.push(HostTensor {
-            shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
-            data: data.to_vec(),
-        });
-    }
-    Ok(result)
 }
 
 #[cfg(test)]

@@ -13,12 +13,11 @@
 //! (`LD_LIBRARY_PATH`; e.g. the `nvidia-*` pip packages' `lib` folders).
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ort::ep::{ExecutionProvider, CUDA};
-use ort::session::Session;
 
-use super::ort::{check_custom_opset, run_session, session_builder, session_io, OrtRuntime};
+use super::ort::{check_custom_opset, session_builder, OrtRuntime, SessionModel};
 use super::{Backend, BackendError, HostTensor, InputDim};
 
 /// Where to run: `cpu`, `cuda` (device 0) or `cuda:N`.
@@ -64,11 +63,7 @@ pub const fn scan_runs_on_gpu() -> bool {
 
 /// A model in a session with the CUDA execution provider on one GPU.
 pub struct OrtCudaBackend {
-    path: PathBuf,
-    session: Session,
-    input_name: String,
-    input: Vec<InputDim>,
-    outputs: Vec<String>,
+    model: SessionModel,
     device: u32,
 }
 
@@ -116,13 +111,8 @@ impl OrtCudaBackend {
                     rt.describe()
                 ))
             })?;
-        let (input_name, input, outputs) = session_io(&session, path)?;
         Ok(Self {
-            path: path.to_path_buf(),
-            session,
-            input_name,
-            input,
-            outputs,
+            model: SessionModel::new(session, path)?,
             device,
         })
     }
@@ -139,16 +129,16 @@ impl Backend for OrtCudaBackend {
     }
 
     fn input_shape(&self) -> &[InputDim] {
-        &self.input
+        &self.model.input
     }
 
     fn output_names(&self) -> &[String] {
-        &self.outputs
+        &self.model.outputs
     }
 
     fn run(&mut self, images: &HostTensor) -> Result<Vec<HostTensor>, BackendError> {
         // Host input and outputs: ONNX Runtime copies them to and from the GPU.
-        run_session(&mut self.session, &self.input_name, &self.path, images)
+        self.model.run(images)
     }
 }
 
