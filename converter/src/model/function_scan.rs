@@ -34,7 +34,7 @@
 
 use gm_ops::spec::{DOMAIN, OP_TYPE};
 
-use super::portable_scan::{closed_form, pad_end, ChunkLevel, Local, SOFTPLUS_THRESHOLD};
+use super::portable_scan::{closed_form, pad_end, softplus, ChunkLevel, Local};
 use crate::onnx::proto::{DataType, FunctionProto};
 use crate::onnx::{Attr, FunctionBuilder, OpSink, Value};
 
@@ -86,10 +86,7 @@ pub fn selective_scan_function(chunk: usize, onnx_opset: i64) -> FunctionProto {
 
     // Δ = softplus(delta + bias) (x itself above the threshold), log a = Δ·A, b = Δ·B·u.
     let x = f.op("Add", &[&delta3, &bias], &[]);
-    let threshold = f.float_scalar(SOFTPLUS_THRESHOLD);
-    let large = f.op("Greater", &[&x, &threshold], &[]);
-    let soft = f.op("Softplus", &[&x], &[]);
-    let dt = f.op("Where", &[&large, &x, &soft], &[]);
+    let dt = softplus(&mut f, &x);
     let log_a = f.op("Mul", &[&dt, &a], &[]);
     let log_a = f.op("Reshape", &[&log_a, &grouped], &[]);
     let dt = f.op("Reshape", &[&dt, &grouped], &[]);

@@ -38,7 +38,7 @@ use crate::onnx::{Attr, FloatType, OpSink, Value};
 use crate::tensor::Tensor;
 
 /// Above this, softplus(x) = x (the official kernel's threshold).
-pub(super) const SOFTPLUS_THRESHOLD: f32 = 20.0;
+const SOFTPLUS_THRESHOLD: f32 = 20.0;
 
 /// Inputs of one layer's scans, all groups at once, in the layer's grouped layout.
 pub struct PortableScanInputs<'a> {
@@ -115,10 +115,7 @@ fn emit_f32(
     let bias = e.constant("delta_bias", &per_channel(inputs.delta_bias));
 
     let x = e.add(delta, &bias);
-    let threshold = e.scalar(SOFTPLUS_THRESHOLD);
-    let large = e.g.op("Greater", &[&x, &threshold], &[]);
-    let soft = e.g.op("Softplus", &[&x], &[]);
-    let dt = e.g.op("Where", &[&large, &x, &soft], &[]);
+    let dt = softplus(e, &x);
     let log_a = e.mul(&dt, &a);
     let b = e.mul(&dt, b_rows);
     let b = e.mul(&b, u);
@@ -269,6 +266,14 @@ fn chunked<S: OpSink>(
 }
 
 // ---- building blocks shared with the model-local function's body (`function_scan`) ------------
+
+/// Δ = softplus(x) by the official kernel's rule: x itself above the threshold 20.
+pub(super) fn softplus<S: OpSink>(s: &mut S, x: &Value) -> Value {
+    let threshold = s.float_scalar(SOFTPLUS_THRESHOLD);
+    let large = s.op("Greater", &[x, &threshold], &[]);
+    let soft = s.op("Softplus", &[x], &[]);
+    s.op("Where", &[&large, x, &soft], &[])
+}
 
 /// Appends padding steps (a = 1, b = 0: they leave the state unchanged) at the end of the last
 /// axis of rank-4 `log_a` and `b`; `pads` is Pad's 8-element `pads` input.
