@@ -189,11 +189,7 @@ fn write_model(case: &Case, x: &Inputs, path: &PathBuf) {
             let b = e.reshape(&b, &row_shape);
             let cc = e.constant("C", &rows(&x.c));
             let cc = e.reshape(&cc, &row_shape);
-            let directions: Vec<Direction> = case
-                .directions
-                .iter()
-                .map(|&v| Direction::from_i64(v).unwrap())
-                .collect();
+            let directions = Direction::parse_list(&case.directions).unwrap();
             let inputs = PortableScanInputs {
                 u: &ug,
                 delta: &delta,
@@ -236,11 +232,7 @@ fn write_model(case: &Case, x: &Inputs, path: &PathBuf) {
 }
 
 fn reference(case: &Case, x: &Inputs) -> Vec<f32> {
-    let directions: Vec<Direction> = case
-        .directions
-        .iter()
-        .map(|&v| Direction::from_i64(v).unwrap())
-        .collect();
+    let directions = Direction::parse_list(&case.directions).unwrap();
     let mut y = selective_scan_to_vec(
         &case.shape,
         &directions,
