@@ -24,8 +24,7 @@
 //     affine map h ↦ ma·h + mb.
 //   * One block-wide scan of the maps in thread order (warp shuffles, then one warp over the warp
 //     totals), segmented at plane starts so that nothing (not even NaN) crosses planes, gives every
-//     segment its entering state. An item of more planes than the block holds at once is scanned
-//     in rounds (GM_SCAN_ROUNDS at most), spreading each thread's per-item work over more steps.
+//     segment its entering state.
 //   * Each thread replays its steps and writes y (type T) over its own u elements in shared memory;
 //     the block then stores y with 16-byte streaming stores.
 //   u, delta are read once, y written once; B, C once per (image, group) per block.
@@ -69,9 +68,6 @@ typedef unsigned long long uintptr_t;
 #endif
 #ifndef GM_SCAN_FORCE_K
 #define GM_SCAN_FORCE_K 0
-#endif
-#ifndef GM_SCAN_ROUNDS  // most rounds per item: a block scans an item's planes this many at a time
-#define GM_SCAN_ROUNDS 1
 #endif
 #ifndef GM_SCAN_SYNC_COPIES  // 1: plain loads/stores for the stage copies, as below sm_80 (for testing that path)
 #define GM_SCAN_SYNC_COPIES 0
@@ -163,8 +159,6 @@ struct ScanPlan {
   int channels, groups, height, width, len;
   int group_width;             // channels per group
   int planes;                  // P: planes per item (the last item of a group may have fewer)
-  int round_planes;            // planes scanned at once (threads / tp); rounds · round_planes ≥ P
-  int rounds;
   int chunks;                  // items per (image, group)
   int items;                   // batch · groups · chunks
   int tp;                      // threads per plane
@@ -519,9 +513,7 @@ template <typename T, int K>
 __global__ void __launch_bounds__(max_threads_for(K)) __maxnreg__(max_regs_for(K))
     scan_staged_kernel(const ScanPlan p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  // Two sets of warp totals, alternating by round: a round's first writes then never meet the
-  // previous round's last reads (one block barrier lies between them).
-  __shared__ float2 warp_maps[2][kMaxThreads / kWarp];
+  __shared__ float2 warp_maps[kMaxThreads / kWarp];
   T* const stages = reinterpret_cast<T*>(smem_raw);  // stage k: u at 2k·cap_plane, delta after it
   T* const bmap = stages + 4 * p.cap_plane;
   T* const cmap = bmap + p.cap_map;
@@ -531,7 +523,7 @@ __global__ void __launch_bounds__(max_threads_for(K)) __maxnreg__(max_regs_for(K
   const T* const gc = static_cast<const T*>(p.C);
   const int tid = threadIdx.x;
   const int nthr = blockDim.x;
-  const int j = small_div(tid, p.inv_tp);  // plane of this thread within a round
+  const int j = small_div(tid, p.inv_tp);  // plane of this thread within an item
   const int s = tid - j * p.tp;            // its segment, in scan order
 
 #if GM_SCAN_USE_BULK
@@ -611,16 +603,10 @@ __global__ void __launch_bounds__(max_threads_for(K)) __maxnreg__(max_regs_for(K
     const T* const ds = staged_at(gd + ci.e0, ubuf + p.cap_plane);
     const T* const bs = staged_at(gb + ci.m0, bmap);
     const T* const cs = staged_at(gc + ci.m0, cmap);
-    // Rounds take disjoint planes, in increasing order: a segment's compose may read past its
-    // end into later planes, which no earlier round has overwritten with y.
-    for (int r = 0; r < p.rounds; ++r) {
-      // Threads past the last full plane of a round (warp padding) stay idle in every round.
-      const int jr = j < p.round_planes ? j + r * p.round_planes : p.planes;
-      if (p.full) {
-        scan_item_dir<T, K, true>(p, ci.dir, us, ds, bs, cs, jr, s, ci.planes, ci.c0, warp_maps[r & 1]);
-      } else {
-        scan_item_dir<T, K, false>(p, ci.dir, us, ds, bs, cs, jr, s, ci.planes, ci.c0, warp_maps[r & 1]);
-      }
+    if (p.full) {
+      scan_item_dir<T, K, true>(p, ci.dir, us, ds, bs, cs, j, s, ci.planes, ci.c0, warp_maps);
+    } else {
+      scan_item_dir<T, K, false>(p, ci.dir, us, ds, bs, cs, j, s, ci.planes, ci.c0, warp_maps);
     }
     __syncthreads();  // y is in us; the map is no longer read
     store_out(static_cast<T*>(p.y) + ci.e0, us, ci.planes * p.len, tid, nthr);
@@ -866,13 +852,9 @@ bool plan_staged(ScanPlan& p, int64_t batch, int64_t channels, int64_t groups, i
     if (ceil_div(tp, kWarp) * kWarp > max_threads) continue;
     const bool full = h % k == 0 && w % k == 0;
     const int slack = full ? 0 : (k - 1) * w + k;  // compose reads past a partial segment's end
-    // Planes scanned at once (one round), then planes per item: up to GM_SCAN_ROUNDS rounds, so
-    // that a thread's per-item work (copies, waits, bookkeeping) is spread over more steps.
-    int round_planes = GM_SCAN_TARGET_THREADS / tp;
-    if (round_planes > max_threads / tp) round_planes = max_threads / tp;
-    if (round_planes < 1) round_planes = 1;
-    if (round_planes > gw) round_planes = gw;
-    int planes = round_planes * GM_SCAN_ROUNDS;
+    int planes = GM_SCAN_TARGET_THREADS / tp;
+    if (planes > max_threads / tp) planes = max_threads / tp;
+    if (planes < 1) planes = 1;
     if (planes > gw) planes = gw;
     int chunks = 0, cap_plane = 0, cap_map = 0, bytes = 0;
     for (;;) {  // balance the items of a group, then shrink until it fits shared memory
@@ -884,8 +866,6 @@ bool plan_staged(ScanPlan& p, int64_t batch, int64_t channels, int64_t groups, i
       if (bytes <= max_smem || planes == 1) break;
       planes = planes / 2;
     }
-    const int rounds = ceil_div(planes, round_planes < planes ? round_planes : planes);
-    round_planes = ceil_div(planes, rounds);  // balanced rounds
     if (bytes > max_smem) continue;
     const int64_t items = batch * groups * chunks;
     if (items > (int64_t(1) << 30)) continue;
@@ -896,8 +876,6 @@ bool plan_staged(ScanPlan& p, int64_t batch, int64_t channels, int64_t groups, i
     p.len = len;
     p.group_width = gw;
     p.planes = planes;
-    p.round_planes = round_planes;
-    p.rounds = rounds;
     p.chunks = chunks;
     p.items = int(items);
     p.tp = tp;
@@ -912,7 +890,7 @@ bool plan_staged(ScanPlan& p, int64_t batch, int64_t channels, int64_t groups, i
     p.cap_map = cap_map;
     p.full = full ? 1 : 0;
     *k_out = k;
-    const int threads = ceil_div(round_planes * tp, kWarp) * kWarp;
+    const int threads = ceil_div(planes * tp, kWarp) * kWarp;
     *threads_out = threads < kWarp ? kWarp : threads;
     *smem_out = bytes;
     return true;

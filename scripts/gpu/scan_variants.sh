@@ -10,7 +10,8 @@ OUT=${OUT:-/tmp/gm-scan-variants}
 REF=${REF:-.gpu-stage/scan_reference}
 FIXTURES=${FIXTURES:-.gpu-stage/parity}
 ARCH=${ARCH:-90}
-VARIANTS=${VARIANTS:-"rounds1=-DGM_SCAN_ROUNDS=1 rounds2=-DGM_SCAN_ROUNDS=2 rounds4=-DGM_SCAN_ROUNDS=4"}
+# FLAGS: nvcc flags, commas for spaces (e.g. threads224=-DGM_SCAN_TARGET_THREADS=224,-DGM_SCAN_MAXT7=224).
+VARIANTS=${VARIANTS:-"shipped= threads224=-DGM_SCAN_TARGET_THREADS=224 regs64=-DGM_SCAN_REGS7=64"}
 SANITIZE=${SANITIZE:-all}  # variant names to run under compute-sanitizer, or "all"
 B=/tmp/gm-scan-variants-build
 mkdir -p "$OUT" "$B"
