@@ -38,6 +38,8 @@ def main():
     ap.add_argument("--batches", default="1,128")
     ap.add_argument("--provider", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run without a GPU")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="also time each batch in a session with enable_cuda_graph (one session per batch)")
     args = ap.parse_args()
     out_dir = os.path.dirname(os.path.abspath(args.out))
     batches = [int(b) for b in args.batches.split(",")]
@@ -71,6 +73,16 @@ def main():
         entry["placement"] = bench_ort.placement(r, path, out_dir)
         entry["bench"] = [bench_ort.bench_one(r, s, b, bench_ort.iters_for(b, 1.0), 10, args.size) for b in batches]
         del s
+        if args.cuda_graph and r.cuda:
+            entry["bench_cuda_graph"] = []
+            for b in batches:  # ORT captures the graph on the first run of a session: one per shape
+                try:
+                    gs = r.session(path, graph=True)
+                    entry["bench_cuda_graph"].append(
+                        bench_ort.bench_one(r, gs, b, bench_ort.iters_for(b, 1.0), 5, args.size))
+                    del gs
+                except Exception as e:  # noqa: BLE001
+                    entry["bench_cuda_graph"].append({"batch": b, "error": str(e)[:400]})
         print(json.dumps(entry), flush=True)
         report["models"].append(entry)
         with open(args.out, "w") as f:
@@ -83,6 +95,11 @@ def main():
             m["latency_over_" + base["name"]] = {
                 str(b["batch"]): round(b["median_ms"] / bb["median_ms"], 3)
                 for b, bb in zip(m["bench"], base["bench"])}
+            if "bench_cuda_graph" in m and "bench_cuda_graph" in base:
+                m["cuda_graph_latency_over_" + base["name"]] = {
+                    str(b["batch"]): round(b["median_ms"] / bb["median_ms"], 3)
+                    for b, bb in zip(m["bench_cuda_graph"], base["bench_cuda_graph"])
+                    if "median_ms" in b and "median_ms" in bb}
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
     for m in report["models"]:
@@ -90,6 +107,11 @@ def main():
             print(f"{m['name']:>26}: load {m['load_s']:.2f} s, " + ", ".join(
                 f"batch {b['batch']} {b['median_ms']:.2f} ms ({b['img_per_s']:.0f} img/s)" for b in m["bench"]),
                 m.get("latency_over_" + base["name"], ""), flush=True)
+            if "bench_cuda_graph" in m:
+                print(f"{'(CUDA graph)':>26}: " + ", ".join(
+                    f"batch {b['batch']} {b['median_ms']:.2f} ms ({b['img_per_s']:.0f} img/s)" if "median_ms" in b
+                    else f"batch {b['batch']}: {b['error'][:120]}" for b in m["bench_cuda_graph"]),
+                    m.get("cuda_graph_latency_over_" + base["name"], ""), flush=True)
         else:
             print(f"{m['name']:>26}: {m.get('error')}", flush=True)
 

@@ -4,25 +4,37 @@
 # placement, agreement, batch-1 latency, batch-128 throughput) -> $OUT/scan-modes-{fp32,fp16}.json.
 # Needs onnxruntime-gpu in $ORTGPU (../shared/gpu/stage-onnxruntime-gpu.sh) and $GM with bin/gm-export and
 # bin/libgroupmamba_ops.so (cargo build --release -p gm-ort-library --features cuda). Run from the repository root.
+# Env: PRECISIONS (default "fp32 fp16"); CHUNKS, the portable chunk lengths to compare (default 16; the
+# first is also the function body's); FUNCTION=0 leaves the function export out; CUDA_GRAPH=1 also times
+# every model with ORT's CUDA graphs (bench_scan_modes.py --cuda-graph).
 set -uo pipefail
 OUT=${OUT:-/tmp/gm-modes}
 GM=${GM:-.gpu-stage/gpubench}
 ORTGPU=${ORTGPU:-/tmp/ortgpu}
-CHUNK=${CHUNK:-16}
+PRECISIONS=${PRECISIONS:-fp32 fp16}
+CHUNKS=${CHUNKS:-16}
+FUNCTION=${FUNCTION:-1}
+CUDA_GRAPH=${CUDA_GRAPH:-0}
 W=/tmp/gm-modes-work
 mkdir -p "$OUT" "$W"
 export PYTHONUNBUFFERED=1
-for p in fp32 fp16; do
-  "$GM/gm-export" --variant tiny --precision $p --out "$W/custom-$p.onnx" 2>&1 | tail -1
-  "$GM/gm-export" --variant tiny --precision $p --scan portable --scan-chunk "$CHUNK" --out "$W/portable-$p.onnx" 2>&1 | tail -1
-  "$GM/gm-export" --variant tiny --precision $p --scan function --scan-chunk "$CHUNK" --out "$W/function-$p.onnx" 2>&1 | tail -1
-done
+first_chunk=${CHUNKS%% *}
 rc=0
-for p in fp32 fp16; do
+for p in $PRECISIONS; do
+  "$GM/gm-export" --variant tiny --precision $p --out "$W/custom-$p.onnx" 2>&1 | tail -1
+  models=(--model "custom=$W/custom-$p.onnx:lib")
+  for c in $CHUNKS; do
+    "$GM/gm-export" --variant tiny --precision $p --scan portable --scan-chunk "$c" --out "$W/portable-$c-$p.onnx" 2>&1 | tail -1
+    name=portable; [ "$c" = "$first_chunk" ] || name=portable-chunk$c
+    models+=(--model "$name=$W/portable-$c-$p.onnx")
+  done
+  if [ "$FUNCTION" = 1 ]; then
+    "$GM/gm-export" --variant tiny --precision $p --scan function --scan-chunk "$first_chunk" --out "$W/function-$p.onnx" 2>&1 | tail -1
+    models+=(--model "function-without-library=$W/function-$p.onnx" --model "function-with-library=$W/function-$p.onnx:lib")
+  fi
+  extra=(); [ "$CUDA_GRAPH" = 1 ] && extra=(--cuda-graph)
   echo "== $p"
   PYTHONPATH="$ORTGPU" python3 scripts/gpu/bench_scan_modes.py --library "$GM/libgroupmamba_ops.so" \
-    --model "custom=$W/custom-$p.onnx:lib" --model "portable=$W/portable-$p.onnx" \
-    --model "function-without-library=$W/function-$p.onnx" --model "function-with-library=$W/function-$p.onnx:lib" \
-    --out "$OUT/scan-modes-$p.json" 2>&1 | grep -v '^{' || rc=1
+    "${models[@]}" "${extra[@]}" --out "$OUT/scan-modes-$p.json" 2>&1 | grep -v '^{' | grep -v 'No registered plugin EP' || rc=1
 done
 exit $rc

@@ -127,6 +127,13 @@ impl GroupMambaLayer {
 
         // x_proj → (dt, B, C) rows, then the low-rank dt projection, per group, per position.
         let ug = e.reshape(&u, &[0, g, di, l]);
+        // The portable scan works on each group's sequence in visiting order. The projections
+        // are per position, so u is moved into that order before them: dt, B and C come out in
+        // it, and only u and y are reordered (in the model's element type).
+        let ug = match e.scan {
+            ScanMode::Portable { .. } => portable_scan::to_visiting(e, &ug, &DIRECTIONS, (h, w)),
+            ScanMode::CustomOp | ScanMode::Function { .. } => ug,
+        };
         let w_x = stack(e, "x_proj_weight", |e, k| {
             group(e, k, |e| squeeze0(e.tensor("x_proj_weight")))
         });
@@ -189,7 +196,8 @@ impl GroupMambaLayer {
                     d: &ds,
                     delta_bias: &dt_bias,
                 };
-                portable_scan::emit(e, inputs, &DIRECTIONS, d, (h, w), chunk)
+                let y = portable_scan::emit_visiting(e, inputs, d, h * w, chunk);
+                portable_scan::to_row_major(e, &y, &DIRECTIONS, (h, w))
             }
         };
 

@@ -24,7 +24,10 @@
 //! Scan directions are per-group reorderings of the sequence axis into visiting order, undone
 //! after the scan, with layout operators only: the column-major directions transpose the map
 //! (`Reshape`, `Transpose`, `Reshape`: no index tensor, coalesced tiles), the reversed ones read
-//! the sequence backwards (`Gather` of L−1 … 0).
+//! the sequence backwards (`Gather` of L−1 … 0). The layer reorders its map u before the
+//! per-position projections that make Δ, B and C ([`to_visiting`], [`emit_visiting`],
+//! [`to_row_major`]): two reorders per layer, in the model's element type, instead of three in
+//! float32 (on the H100 the reorders were the largest part of the portable scan's extra traffic).
 //!
 //! The chunk-level building blocks (`ChunkLevel`, `unrolled`, `closed_form`) write through
 //! [`OpSink`]; the model-local function of `--scan function` (`function_scan`) builds its body,
@@ -57,13 +60,38 @@ pub struct PortableScanInputs<'a> {
 }
 
 /// Emits the scans of `groups` groups of `width` channels over an `h` × `w` map; returns y as
-/// (B, G, d, L) in row-major spatial order.
+/// (B, G, d, L) in row-major spatial order. Inputs in row-major order: they are moved into each
+/// group's visiting order, scanned by [`emit_visiting`], and y is moved back. (The layer moves its
+/// map before the per-position projections instead, so that only u and y are reordered.)
 pub fn emit(
     e: &mut Emitter,
     inputs: PortableScanInputs<'_>,
     directions: &[Direction],
     width: usize,
     (h, w): (usize, usize),
+    chunk: usize,
+) -> Value {
+    let visit = |e: &mut Emitter, x: &Value| to_visiting(e, x, directions, (h, w));
+    let (u, delta) = (visit(e, inputs.u), visit(e, inputs.delta));
+    let (b_rows, c_rows) = (visit(e, inputs.b_rows), visit(e, inputs.c_rows));
+    let visiting = PortableScanInputs {
+        u: &u,
+        delta: &delta,
+        b_rows: &b_rows,
+        c_rows: &c_rows,
+        ..inputs
+    };
+    let y = emit_visiting(e, visiting, width, h * w, chunk);
+    to_row_major(e, &y, directions, (h, w))
+}
+
+/// The scans of sequences already in visiting order (every input's last axis, of length `len`,
+/// is the step index); returns y (B, G, d, len) in the same order and the model's element type.
+pub fn emit_visiting(
+    e: &mut Emitter,
+    inputs: PortableScanInputs<'_>,
+    width: usize,
+    len: usize,
     chunk: usize,
 ) -> Value {
     // The scan runs in float32 whatever the model's element type (as the op does: state and
@@ -78,15 +106,23 @@ pub fn emit(
     let (u, delta) = (widen(e, inputs.u), widen(e, inputs.delta));
     let (b_rows, c_rows) = (widen(e, inputs.b_rows), widen(e, inputs.c_rows));
     e.float = FloatType::F32;
-    let y = emit_f32(
-        e,
-        (&u, &delta, &b_rows, &c_rows),
-        &inputs,
-        directions,
-        width,
-        (h, w),
-        chunk,
-    );
+
+    let groups = inputs.a.numel() / width;
+    let per_channel = |t: &Tensor| Tensor::new(vec![groups, width, 1], t.data.clone());
+    let a = e.constant("A", &per_channel(inputs.a));
+    let d = e.constant("D", &per_channel(inputs.d));
+    let bias = e.constant("delta_bias", &per_channel(inputs.delta_bias));
+
+    let x = e.add(&delta, &bias);
+    let dt = softplus(e, &x);
+    let log_a = e.mul(&dt, &a);
+    let b = e.mul(&dt, &b_rows);
+    let b = e.mul(&b, &u);
+    let states = chunked(e, &log_a, &b, len, chunk, Local::Unrolled);
+    let y = e.mul(&c_rows, &states);
+    let skip = e.mul(&d, &u);
+    let y = e.add(&y, &skip);
+
     e.float = model_float;
     match model_float {
         FloatType::F32 => y,
@@ -98,36 +134,25 @@ pub fn emit(
     }
 }
 
-/// [`emit`] with f32 activations `(u, delta, b_rows, c_rows)` and the emitter in f32.
-fn emit_f32(
+/// (B, G, d, L) in row-major spatial order → each group's visiting order (a permutation of the
+/// last axis per group; exact in any element type).
+pub fn to_visiting(
     e: &mut Emitter,
-    (u, delta, b_rows, c_rows): (&Value, &Value, &Value, &Value),
-    inputs: &PortableScanInputs<'_>,
+    x: &Value,
     directions: &[Direction],
-    width: usize,
     (h, w): (usize, usize),
-    chunk: usize,
 ) -> Value {
-    let groups = directions.len();
-    let per_channel = |t: &Tensor| Tensor::new(vec![groups, width, 1], t.data.clone());
-    let a = e.constant("A", &per_channel(inputs.a));
-    let d = e.constant("D", &per_channel(inputs.d));
-    let bias = e.constant("delta_bias", &per_channel(inputs.delta_bias));
+    reorder(e, x, directions, (h, w), Reorder::ToVisiting)
+}
 
-    let x = e.add(delta, &bias);
-    let dt = softplus(e, &x);
-    let log_a = e.mul(&dt, &a);
-    let b = e.mul(&dt, b_rows);
-    let b = e.mul(&b, u);
-
-    let log_a = reorder(e, &log_a, directions, (h, w), Reorder::ToVisiting);
-    let b = reorder(e, &b, directions, (h, w), Reorder::ToVisiting);
-    let states = chunked(e, &log_a, &b, h * w, chunk, Local::Unrolled);
-    let states = reorder(e, &states, directions, (h, w), Reorder::ToRowMajor);
-
-    let y = e.mul(c_rows, &states);
-    let skip = e.mul(&d, u);
-    e.add(&y, &skip)
+/// Inverse of [`to_visiting`].
+pub fn to_row_major(
+    e: &mut Emitter,
+    x: &Value,
+    directions: &[Direction],
+    (h, w): (usize, usize),
+) -> Value {
+    reorder(e, x, directions, (h, w), Reorder::ToRowMajor)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
