@@ -35,6 +35,7 @@ for p in $PRECISIONS; do
   extra=(); [ "$CUDA_GRAPH" = 1 ] && extra=(--cuda-graph)
   echo "== $p"
   PYTHONPATH="$ORTGPU" python3 scripts/gpu/bench_scan_modes.py --library "$GM/libgroupmamba_ops.so" \
-    "${models[@]}" "${extra[@]}" --out "$OUT/scan-modes-$p.json" 2>&1 | grep -v '^{' | grep -v 'No registered plugin EP' || rc=1
+    "${models[@]}" "${extra[@]}" --out "$OUT/scan-modes-$p.json" > "$W/bench-$p.log" 2>&1 || rc=1
+  grep -v -e '^{' -e 'No registered plugin EP' "$W/bench-$p.log"
 done
 exit $rc
