@@ -27,7 +27,8 @@
 //! the sequence backwards (`Gather` of L−1 … 0). The layer reorders its map u before the
 //! per-position projections that make Δ, B and C ([`to_visiting`], [`emit_visiting`],
 //! [`to_row_major`]): two reorders per layer, in the model's element type, instead of three in
-//! float32 (on the H100 the reorders were the largest part of the portable scan's extra traffic).
+//! float32 (fewer full-tensor passes: on the H100, FP16 batch 128 went from 1.54× to 1.49× the
+//! custom op).
 //!
 //! The chunk-level building blocks (`ChunkLevel`, `unrolled`, `closed_form`) write through
 //! [`OpSink`]; the model-local function of `--scan function` (`function_scan`) builds its body,
