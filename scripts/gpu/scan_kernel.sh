@@ -16,19 +16,16 @@ set -uo pipefail
 OUT=${OUT:-/tmp/gm-scan}
 REF=${REF:-.gpu-stage/scan_reference}
 FIXTURES=${FIXTURES:-.gpu-stage/parity}
-ARCH=${ARCH:-90}
 B=/tmp/gm-scan-build
 mkdir -p "$OUT" "$B"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
-SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+source scripts/gpu/scan_common.sh
 "$NVCC" --version | tail -1
 
 build() {  # name, extra flags...
   local name=$1; shift
-  "$NVCC" -O3 -std=c++17 -shared -Xcompiler -fPIC -gencode "arch=compute_$ARCH,code=sm_$ARCH" "$@" \
-    plugins/cuda/selective_scan.cu -o "$B/libgm_scan_$name.so" && echo "built $name ($*)"
+  build_scan_lib "$B/libgm_scan_$name.so" "$@" && echo "built $name ($*)"
 }
 build main &
 build cp-async -DGM_SCAN_BULK=0 &
@@ -45,13 +42,6 @@ for v in cp-async sync; do
 done
 echo "== compute-sanitizer (main build, --quick cases)"
 : > "$OUT/sanitizer.txt"
-for tool in memcheck racecheck; do
-  "$SAN" --tool $tool --error-exitcode 9 python3 scripts/gpu/scan_check.py --lib "$B/libgm_scan_main.so" \
-    --reference "$REF" --fixtures "$FIXTURES" --quick > "$OUT/sanitizer-$tool.log" 2>&1
-  s=$?
-  echo "$tool exit $s: $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASS|FAIL" "$OUT/sanitizer-$tool.log" | tr '\n' ' ')" \
-    | tee -a "$OUT/sanitizer.txt"
-  [ $s -eq 0 ] || rc=1
-done
+sanitize_scan_lib "$B/libgm_scan_main.so" "$OUT/sanitizer" "$OUT/sanitizer.txt" || rc=1
 echo "scan kernel checks: $([ $rc -eq 0 ] && echo PASS || echo FAIL)"
 exit $rc

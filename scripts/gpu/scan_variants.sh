@@ -9,19 +9,16 @@ set -uo pipefail
 OUT=${OUT:-/tmp/gm-scan-variants}
 REF=${REF:-.gpu-stage/scan_reference}
 FIXTURES=${FIXTURES:-.gpu-stage/parity}
-ARCH=${ARCH:-90}
 # FLAGS: nvcc flags, commas for spaces (e.g. threads224=-DGM_SCAN_TARGET_THREADS=224,-DGM_SCAN_MAXT7=224).
 VARIANTS=${VARIANTS:-"shipped= threads224=-DGM_SCAN_TARGET_THREADS=224 regs64=-DGM_SCAN_REGS7=64"}
 SANITIZE=${SANITIZE:-all}  # variant names to run under compute-sanitizer, or "all"
 B=/tmp/gm-scan-variants-build
 mkdir -p "$OUT" "$B"
 export PYTHONUNBUFFERED=1
-NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
-SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+source scripts/gpu/scan_common.sh
 for v in $VARIANTS; do
   name=${v%%=*}; flags=${v#*=}
-  "$NVCC" -O3 -std=c++17 -shared -Xcompiler -fPIC -gencode "arch=compute_$ARCH,code=sm_$ARCH" ${flags//,/ } \
-    plugins/cuda/selective_scan.cu -o "$B/libgm_scan_$name.so" && echo "built $name ($flags)" &
+  build_scan_lib "$B/libgm_scan_$name.so" ${flags//,/ } && echo "built $name ($flags)" &
 done
 wait
 rc=0
@@ -32,13 +29,6 @@ for v in $VARIANTS; do
   python3 scripts/gpu/scan_check.py --lib "$B/libgm_scan_$name.so" --reference "$REF" --fixtures "$FIXTURES" \
     --out "$OUT/variant-$name.json" | grep -E "worst|fixtures|bench|PASS|FAIL" || rc=1
   [ "$SANITIZE" = all ] || [[ " $SANITIZE " == *" $name "* ]] || continue
-  for tool in memcheck racecheck; do
-    "$SAN" --tool $tool --error-exitcode 9 python3 scripts/gpu/scan_check.py --lib "$B/libgm_scan_$name.so" \
-      --reference "$REF" --fixtures "$FIXTURES" --quick > "$B/san-$name-$tool.log" 2>&1
-    s=$?
-    echo "$name $tool exit $s: $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASS|FAIL" "$B/san-$name-$tool.log" | tr '\n' ' ')" \
-      | tee -a "$OUT/sanitizer-variants.txt"
-    [ $s -eq 0 ] || rc=1
-  done
+  sanitize_scan_lib "$B/libgm_scan_$name.so" "$B/san-$name" "$OUT/sanitizer-variants.txt" "$name" || rc=1
 done
 exit $rc
