@@ -188,6 +188,16 @@ def bench_one(r, sess, batch, iters, warmup, size):
             "min_ms": times[0], "img_per_s": batch / med * 1e3}
 
 
+def bench_cuda_graph(r, path, batch, size, scale=1.0, tf32=False):
+    """`bench_one` in a fresh session with ORT's CUDA graphs (captured on a session's first run, so
+    one session per input shape); on failure {"batch", "error"} instead."""
+    try:
+        sess = r.session(path, tf32=tf32, graph=True)
+        return bench_one(r, sess, batch, iters_for(batch, scale), 5, size)
+    except Exception as ex:  # noqa: BLE001
+        return {"batch": batch, "error": str(ex)[:400]}
+
+
 def iters_for(batch, scale):
     return max(10, int({1: 300, 8: 100, 32: 50, 128: 30}.get(batch, 30) * scale))
 
@@ -207,12 +217,8 @@ def bench(r, models, size, scale):
         del sess
         if not (r.cuda and graphs):
             continue
-        for b in batches:  # ORT CUDA graphs: one session per shape (captured on the first run)
-            try:
-                gsess = r.session(path, tf32=tf32, graph=True)
-                e = {"model": label, "cuda_graph": True, **bench_one(r, gsess, b, iters_for(b, scale), 5, size)}
-            except Exception as ex:  # noqa: BLE001
-                e = {"model": label, "cuda_graph": True, "batch": b, "error": str(ex)[:400]}
+        for b in batches:
+            e = {"model": label, "cuda_graph": True, **bench_cuda_graph(r, path, b, size, scale, tf32)}
             log("bench", json.dumps(e))
             out.append(e)
             if "error" in e:
