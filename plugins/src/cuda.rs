@@ -1,5 +1,9 @@
 //! The CUDA kernel (`cuda/selective_scan.cu`, feature `cuda`): a safe launch wrapper over its C ABI.
 //! Every GPU adapter (the ONNX Runtime CUDA op, benchmarks) launches through [`launch`].
+//!
+//! Also the two host ↔ device copies a host holding device buffers needs ([`copy_to_device`],
+//! [`copy_to_host`]: gm-run's I/O binding), through the CUDA runtime this crate links anyway; it
+//! shares each GPU's primary context with any other runtime in the process (ONNX Runtime's).
 
 use std::ffi::c_void;
 
@@ -86,6 +90,74 @@ pub unsafe fn launch(
     } else {
         Err(CudaScanError::Launch(rc))
     }
+}
+
+extern "C" {
+    fn cudaSetDevice(device: i32) -> i32;
+    fn cudaMemcpy(dst: *mut c_void, src: *const c_void, bytes: usize, kind: i32) -> i32;
+    fn cudaDeviceSynchronize() -> i32;
+    fn cudaGetErrorString(error: i32) -> *const std::ffi::c_char;
+}
+
+/// `cudaMemcpyDefault`: the direction follows from the pointers (unified addressing).
+const MEMCPY_DEFAULT: i32 = 4;
+
+/// Copies `src` to device memory at `dst` on GPU `device` and returns once it is there (also
+/// for other streams: a pageable copy may return before its DMA has landed, so the device is
+/// synchronised).
+///
+/// # Safety
+/// `dst` must be a device pointer of GPU `device` to at least `src.len()` writable bytes that no
+/// kernel uses meanwhile.
+pub unsafe fn copy_to_device(device: i32, dst: *mut c_void, src: &[u8]) -> Result<(), CudaError> {
+    check("cudaSetDevice", cudaSetDevice(device))?;
+    check(
+        "cudaMemcpy (host to device)",
+        cudaMemcpy(dst, src.as_ptr().cast(), src.len(), MEMCPY_DEFAULT),
+    )?;
+    check("cudaDeviceSynchronize", cudaDeviceSynchronize())
+}
+
+/// Copies `dst.len()` bytes of device memory at `src` on GPU `device` to `dst`, after the work
+/// already queued on the device (any stream) has finished.
+///
+/// # Safety
+/// `src` must be a device pointer of GPU `device` to at least `dst.len()` readable bytes.
+pub unsafe fn copy_to_host(
+    device: i32,
+    dst: &mut [u8],
+    src: *const c_void,
+) -> Result<(), CudaError> {
+    check("cudaSetDevice", cudaSetDevice(device))?;
+    check("cudaDeviceSynchronize", cudaDeviceSynchronize())?;
+    check(
+        "cudaMemcpy (device to host)",
+        cudaMemcpy(dst.as_mut_ptr().cast(), src, dst.len(), MEMCPY_DEFAULT),
+    )
+}
+
+fn check(call: &'static str, code: i32) -> Result<(), CudaError> {
+    if code == 0 {
+        return Ok(());
+    }
+    // SAFETY: cudaGetErrorString returns a static NUL-terminated string for any code.
+    let message = unsafe { std::ffi::CStr::from_ptr(cudaGetErrorString(code)) }
+        .to_string_lossy()
+        .into_owned();
+    Err(CudaError {
+        call,
+        code,
+        message,
+    })
+}
+
+/// A CUDA runtime call that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{call} failed: {message} (cudaError {code})")]
+pub struct CudaError {
+    pub call: &'static str,
+    pub code: i32,
+    pub message: String,
 }
 
 /// Why a launch did not happen: bad shapes/directions, or a CUDA error.

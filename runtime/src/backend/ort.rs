@@ -655,9 +655,39 @@ impl SessionModel {
         })
     }
 
-    /// Runs the session on host `images` and copies every output back to the host: the one run
-    /// path of the ONNX Runtime backends (for the CUDA EP, ONNX Runtime moves the data to and from
-    /// the GPU).
+    /// The model file (for messages).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA I/O binding
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The session, for run paths of their own (the CUDA backend's I/O binding).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA I/O binding
+    pub(crate) fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    /// Name of the session's (only) input.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA I/O binding
+    pub(crate) fn input_name(&self) -> &str {
+        &self.input_name
+    }
+
+    /// Declared dims of each output (negative = dynamic), in output order.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by the CUDA I/O binding
+    pub(crate) fn output_dims(&self) -> Vec<Vec<i64>> {
+        self.session
+            .outputs()
+            .iter()
+            .map(|o| match o.dtype() {
+                ValueType::Tensor { shape, .. } => shape.iter().copied().collect(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    /// Runs the session on host `images` and copies every output back to the host (for the CUDA
+    /// EP, ONNX Runtime moves the data to and from the GPU at each run).
     pub(crate) fn run(&mut self, images: &HostTensor) -> Result<Vec<HostTensor>, BackendError> {
         let run_err = |e: ort::Error| BackendError::Run {
             model: self.path.display().to_string(),

@@ -8,6 +8,11 @@
 //! kernel, ONNX Runtime copying its inputs and output between host and device
 //! ([`scan_runs_on_gpu`] says which; `gm-run` prints it).
 //!
+//! With the `cuda` feature, runs go through an I/O binding with device buffers allocated once per
+//! input shape (`device_io`), optionally captured as CUDA graphs ([`CudaOptions::cuda_graph`]).
+//! Without it, host input and outputs: ONNX Runtime moves them (and the scan's operands) between
+//! host and device.
+//!
 //! TF32 is off (`use_tf32 = 0`): an FP32 model gives FP32 results (the parity tests allow 1e-4).
 //! The CUDA EP needs the CUDA 13 runtime, cuBLAS and cuDNN 9 libraries on the loader's path
 //! (`LD_LIBRARY_PATH`; e.g. the `nvidia-*` pip packages' `lib` folders).
@@ -61,8 +66,22 @@ pub const fn scan_runs_on_gpu() -> bool {
     cfg!(feature = "cuda")
 }
 
+/// How the CUDA backend runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CudaOptions {
+    /// Capture each input shape's run as a CUDA graph and replay it (ONNX Runtime's
+    /// `enable_cuda_graph`).
+    pub cuda_graph: bool,
+}
+
+#[cfg(feature = "cuda")]
+mod device_io;
+
 /// A model in a session with the CUDA execution provider on one GPU.
 pub struct OrtCudaBackend {
+    /// Device buffers per input shape (dropped before the session they were bound to).
+    #[cfg(feature = "cuda")]
+    io: device_io::DeviceIo,
     model: SessionModel,
     device: u32,
 }
@@ -70,7 +89,12 @@ pub struct OrtCudaBackend {
 impl OrtCudaBackend {
     /// Loads `path` in `rt` on GPU `device`. Fails (never silently falls back to the CPU) when
     /// this ONNX Runtime has no CUDA provider, its libraries do not load, or there is no such GPU.
-    pub fn load(rt: &'static OrtRuntime, path: &Path, device: u32) -> Result<Self, BackendError> {
+    pub fn load(
+        rt: &'static OrtRuntime,
+        path: &Path,
+        device: u32,
+        options: CudaOptions,
+    ) -> Result<Self, BackendError> {
         let load_err = |message: String| BackendError::Load {
             path: path.display().to_string(),
             message,
@@ -86,6 +110,13 @@ impl OrtCudaBackend {
             }
             Err(e) => return Err(load_err(format!("cannot list ONNX Runtime's providers: {e}"))),
         }
+        if options.cuda_graph && !scan_runs_on_gpu() {
+            return Err(load_err(
+                "CUDA graphs need every node on the GPU, and this build runs the scan on the CPU \
+                 (build gm-runtime with its `cuda` feature)"
+                    .to_string(),
+            ));
+        }
         let device_id = i32::try_from(device)
             .map_err(|_| load_err(format!("GPU index {device} is out of range")))?;
         let bytes = std::fs::read(path).map_err(|e| load_err(e.to_string()))?;
@@ -93,6 +124,7 @@ impl OrtCudaBackend {
         let provider = CUDA::default()
             .with_device_id(device_id)
             .with_tf32(false)
+            .with_cuda_graph(options.cuda_graph)
             .build()
             .error_on_failure();
         let session = session_builder(rt)
@@ -112,6 +144,8 @@ impl OrtCudaBackend {
                 ))
             })?;
         Ok(Self {
+            #[cfg(feature = "cuda")]
+            io: device_io::DeviceIo::new(&session, device_id, options).map_err(load_err)?,
             model: SessionModel::new(session, path)?,
             device,
         })
@@ -137,7 +171,9 @@ impl Backend for OrtCudaBackend {
     }
 
     fn run(&mut self, images: &HostTensor) -> Result<Vec<HostTensor>, BackendError> {
-        // Host input and outputs: ONNX Runtime copies them to and from the GPU.
+        #[cfg(feature = "cuda")]
+        return self.io.run(&mut self.model, images);
+        #[cfg(not(feature = "cuda"))]
         self.model.run(images)
     }
 }

@@ -1,9 +1,11 @@
-//! gm-bench: latency and throughput of an exported model on CPU, through tract or ONNX Runtime.
+//! gm-bench: latency and throughput of an exported model through tract or ONNX Runtime on CPU, or
+//! ONNX Runtime's CUDA execution provider (`--backend ort-cuda`: gm-run's GPU path, host batch in
+//! and logits out through pre-allocated device buffers, optionally a CUDA graph).
 //!
 //! Loads the model once per backend, runs `--warmup` untimed batches (at least one: its time is
 //! reported as `first_run_s`, it includes per-batch-size preparation), then `--iters` timed ones
 //! on a fixed pseudo-random input, and prints one JSON object per (backend, batch) on stdout:
-//! median/min/p90 latency in ms and throughput (images/s = batch / median). Used by
+//! median/min/p90/p99 latency in ms and throughput (images/s = batch / median). Used by
 //! scripts/bench_cpu.py, which adds machine information and writes benchmarks/*.json.
 
 use std::path::PathBuf;
@@ -13,6 +15,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use gm_runtime::backend::ort::{self as ort_backend, OrtBackend};
+use gm_runtime::backend::ort_cuda::{CudaOptions, OrtCudaBackend};
 use gm_runtime::backend::tract::TractBackend;
 use gm_runtime::backend::{Backend, HostTensor};
 
@@ -20,10 +23,12 @@ use gm_runtime::backend::{Backend, HostTensor};
 enum Which {
     Tract,
     Ort,
+    /// ONNX Runtime with the CUDA execution provider (an onnxruntime-gpu library).
+    OrtCuda,
 }
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Benchmark an exported GroupMamba model on CPU")]
+#[command(version, about = "Benchmark an exported GroupMamba model")]
 struct Args {
     /// Exported model (.onnx from gm-export), dynamic batch.
     #[arg(long)]
@@ -47,6 +52,12 @@ struct Args {
     /// a batch; the rest of one image's plan runs on one thread.
     #[arg(long)]
     tract_threads: Option<usize>,
+    /// GPU index for --backend ort-cuda.
+    #[arg(long, default_value_t = 0)]
+    gpu: u32,
+    /// --backend ort-cuda: capture each batch size's run as a CUDA graph.
+    #[arg(long)]
+    cuda_graph: bool,
     /// Input height and width.
     #[arg(long, default_value_t = 224)]
     size: usize,
@@ -151,6 +162,23 @@ fn run() -> Result<()> {
                 let backend = OrtBackend::load_with(rt, &args.model, args.ort_threads)?;
                 (Box::new(backend), rt.describe())
             }
+            Which::OrtCuda => {
+                let rt = ort_backend::runtime().context("--backend ort-cuda")?;
+                let options = CudaOptions {
+                    cuda_graph: args.cuda_graph,
+                };
+                let backend = OrtCudaBackend::load(rt, &args.model, args.gpu, options)?;
+                let scan = if gm_runtime::backend::ort_cuda::scan_runs_on_gpu() {
+                    "scan on the GPU"
+                } else {
+                    "scan on the CPU (built without the cuda feature)"
+                };
+                let graph = if args.cuda_graph { ", CUDA graph" } else { "" };
+                (
+                    Box::new(backend),
+                    format!("{}, CUDA EP on GPU {}, {scan}{graph}", rt.describe(), args.gpu),
+                )
+            }
         };
         let load_s = started.elapsed().as_secs_f64();
         for &batch in &args.batch {
@@ -176,7 +204,9 @@ fn run() -> Result<()> {
             } else {
                 (ms[ms.len() / 2 - 1] + ms[ms.len() / 2]) / 2.0
             };
-            let p90 = ms[((ms.len() as f64 * 0.9).ceil() as usize).clamp(1, ms.len()) - 1];
+            let percentile =
+                |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
+            let (p90, p99) = (percentile(0.9), percentile(0.99));
             let name = match which {
                 Which::Tract if tract_threads == 1 => "tract (1 thread)".to_string(),
                 Which::Tract => "tract".to_string(),
@@ -184,11 +214,13 @@ fn run() -> Result<()> {
                     Some(n) => format!("ort-rust ({n} intra-op threads)"),
                     None => "ort-rust".to_string(),
                 },
+                Which::OrtCuda if args.cuda_graph => "ort-rust-cuda-graph".to_string(),
+                Which::OrtCuda => "ort-rust-cuda".to_string(),
             };
             println!(
                 "{{\"backend\": \"{name}\", \"runtime\": \"{}\", \"batch\": {batch}, \"size\": {}, \
                  \"iters\": {}, \"warmup\": {}, \"median_ms\": {median:.3}, \"min_ms\": {:.3}, \
-                 \"p90_ms\": {p90:.3}, \"images_per_s\": {:.2}, \"load_s\": {load_s:.3}, \
+                 \"p90_ms\": {p90:.3}, \"p99_ms\": {p99:.3}, \"images_per_s\": {:.2}, \"load_s\": {load_s:.3}, \
                  \"first_run_s\": {first_run_s:.3}}}",
                 detail.replace('\\', "\\\\").replace('"', "\\\""),
                 args.size,

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use gm_runtime::backend::ort::{self as ort_backend, OrtBackend};
-use gm_runtime::backend::ort_cuda::{self, Device, OrtCudaBackend};
+use gm_runtime::backend::ort_cuda::{self, CudaOptions, Device, OrtCudaBackend};
 use gm_runtime::backend::tract::TractBackend;
 use gm_runtime::backend::{check_input_shape, Backend, HostTensor};
 use gm_runtime::npy;
@@ -50,6 +50,10 @@ struct Args {
     /// available.
     #[arg(long, default_value = "cpu")]
     device: Device,
+    /// With --device cuda: capture the run as a CUDA graph (ONNX Runtime's `enable_cuda_graph`;
+    /// needs every node on the GPU). Pays off when one process runs the same shape many times.
+    #[arg(long)]
+    cuda_graph: bool,
 }
 
 fn main() -> ExitCode {
@@ -85,7 +89,13 @@ fn run() -> Result<()> {
     let (shape, data) = npy::read_f32(&args.input)?;
     let started = Instant::now();
     let mut backend: Box<dyn Backend> = match args.device {
-        Device::Cuda(gpu) => load_cuda(args.backend, gpu, &args.model)?,
+        Device::Cuda(gpu) => {
+            let options = CudaOptions {
+                cuda_graph: args.cuda_graph,
+            };
+            load_cuda(args.backend, gpu, &args.model, options)?
+        }
+        Device::Cpu if args.cuda_graph => bail!("--cuda-graph needs --device cuda"),
         Device::Cpu => load_cpu(args.backend, &args.model)?,
     };
     let load_s = started.elapsed().as_secs_f64();
@@ -108,14 +118,19 @@ fn run() -> Result<()> {
 }
 
 /// `--device cuda:N`: ONNX Runtime's CUDA execution provider, else (with a notice) the CPU.
-fn load_cuda(choice: BackendChoice, gpu: u32, model: &Path) -> Result<Box<dyn Backend>> {
+fn load_cuda(
+    choice: BackendChoice,
+    gpu: u32,
+    model: &Path,
+    options: CudaOptions,
+) -> Result<Box<dyn Backend>> {
     if choice == BackendChoice::Tract {
         bail!(
             "--device cuda needs ONNX Runtime (--backend ort or auto); tract runs on the CPU only"
         );
     }
     let why = match ort_backend::runtime() {
-        Ok(rt) => match OrtCudaBackend::load(rt, model, gpu) {
+        Ok(rt) => match OrtCudaBackend::load(rt, model, gpu, options) {
             Ok(backend) => {
                 eprintln!(
                     "gm-run: using {} with the CUDA execution provider on GPU {gpu}",

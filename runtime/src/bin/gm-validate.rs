@@ -189,7 +189,7 @@ fn open(
                 "ONNX Runtime {}, CUDA EP on GPU {device_id}, {scan}",
                 rt.library.version
             );
-            OrtCudaBackend::load(rt, model, device_id)
+            OrtCudaBackend::load(rt, model, device_id, Default::default())
                 .map(|b| (Box::new(b) as Box<dyn Backend>, Some(desc)))
                 .map_err(|e| Failure::Load(e.into()))
         }
