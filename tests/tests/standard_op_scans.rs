@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use gm_converter::export::{IR_VERSION, ONNX_OPSET};
 use gm_converter::model::emit::Emitter;
 use gm_converter::model::function_scan::selective_scan_function;
-use gm_converter::model::portable_scan::{self, PortableScanInputs};
+use gm_converter::model::portable_scan::{self, Local, PortableScanInputs};
 use gm_converter::onnx::proto::{DataType, ModelProto, OperatorSetIdProto};
 use gm_converter::onnx::{Attr, Dim, FloatType, GraphBuilder};
 use gm_converter::tensor::Tensor;
@@ -34,8 +34,8 @@ use gm_runtime::testing::{ort_or_skip, Rng};
 enum Form {
     /// A `SelectiveScan` node plus its model-local function (inlined by ONNX Runtime).
     Function,
-    /// The `--scan portable` graph, shapes static.
-    Portable,
+    /// The `--scan portable` graph, shapes static, its first level's chunks solved as given.
+    Portable(Local),
 }
 
 struct Case {
@@ -66,7 +66,7 @@ fn case(n: usize, c: usize, g: usize, (h, w): (usize, usize), dirs: &[i64], chun
 }
 
 fn portable(mut c: Case) -> Case {
-    c.form = Form::Portable;
+    c.form = Form::Portable(Local::Unrolled);
     c
 }
 
@@ -176,7 +176,7 @@ fn write_model(case: &Case, x: &Inputs, path: &PathBuf) {
                 .remove(0);
             (y, vec![selective_scan_function(case.chunk, ONNX_OPSET)], gb)
         }
-        Form::Portable => {
+        Form::Portable(local) => {
             let no_weights = BTreeMap::new();
             let mut e = Emitter::new(gb, &no_weights, t, false);
             let l = (h * w) as i64;
@@ -199,7 +199,15 @@ fn write_model(case: &Case, x: &Inputs, path: &PathBuf) {
                 d: &per_channel(&x.d),
                 delta_bias: &per_channel(&x.bias),
             };
-            let y = portable_scan::emit(&mut e, inputs, &directions, c / g, (h, w), case.chunk);
+            let y = portable_scan::emit(
+                &mut e,
+                inputs,
+                &directions,
+                c / g,
+                (h, w),
+                case.chunk,
+                local,
+            );
             let y = e.reshape(&y, &[n as i64, c as i64, h as i64, w as i64]);
             (y, vec![], e.g)
         }
@@ -352,10 +360,26 @@ fn inlined_body_handles_float16_inputs() {
 
 #[test]
 fn portable_graph_matches_kernel_on_odd_shapes() {
+    run_cases(
+        "portable_graph_matches_kernel_on_odd_shapes",
+        &odd_portable_cases(Local::Unrolled),
+    );
+}
+
+#[test]
+fn portable_graph_with_closed_form_first_level_matches_kernel_on_odd_shapes() {
+    run_cases(
+        "portable_graph_with_closed_form_first_level_matches_kernel_on_odd_shapes",
+        &odd_portable_cases(Local::ClosedForm),
+    );
+}
+
+/// Shapes the fixtures do not reach, as portable graphs whose first level uses `local`.
+fn odd_portable_cases(local: Local) -> Vec<Case> {
     let mut underflow = case(2, 8, 4, (33, 40), &[0, 1, 2, 3], 16);
     // Δ·A down to about −1000 per step: a_t = exp(Δ·A) underflows to 0 for many steps.
     underflow.a_scale = 40.0;
-    let cases: Vec<Case> = [
+    [
         // The ClassBlock's L = 1, every direction.
         case(2, 8, 4, (1, 1), &[0, 1, 2, 3], 16),
         // L = 35 with chunk 4: padded at every level (35 → 9 → 3 chunks).
@@ -371,9 +395,11 @@ fn portable_graph_matches_kernel_on_odd_shapes() {
         underflow,
     ]
     .into_iter()
-    .map(portable)
-    .collect();
-    run_cases("portable_graph_matches_kernel_on_odd_shapes", &cases);
+    .map(|mut c| {
+        c.form = Form::Portable(local);
+        c
+    })
+    .collect()
 }
 
 #[test]

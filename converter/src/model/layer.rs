@@ -186,7 +186,7 @@ impl GroupMambaLayer {
                     .remove(0);
                 e.reshape(&y, &[0, g, di, l])
             }
-            ScanMode::Portable { chunk } => {
+            ScanMode::Portable { chunk, local } => {
                 let inputs = PortableScanInputs {
                     u: &ug,
                     delta: &delta,
@@ -196,7 +196,7 @@ impl GroupMambaLayer {
                     d: &ds,
                     delta_bias: &dt_bias,
                 };
-                let y = portable_scan::emit_visiting(e, inputs, d, h * w, chunk);
+                let y = portable_scan::emit_visiting(e, inputs, d, h * w, chunk, local);
                 portable_scan::to_row_major(e, &y, &DIRECTIONS, (h, w))
             }
         };

@@ -71,6 +71,7 @@ pub fn emit(
     width: usize,
     (h, w): (usize, usize),
     chunk: usize,
+    local: Local,
 ) -> Value {
     let visit = |e: &mut Emitter, x: &Value| to_visiting(e, x, directions, (h, w));
     let (u, delta) = (visit(e, inputs.u), visit(e, inputs.delta));
@@ -82,18 +83,20 @@ pub fn emit(
         c_rows: &c_rows,
         ..inputs
     };
-    let y = emit_visiting(e, visiting, width, h * w, chunk);
+    let y = emit_visiting(e, visiting, width, h * w, chunk, local);
     to_row_major(e, &y, directions, (h, w))
 }
 
 /// The scans of sequences already in visiting order (every input's last axis, of length `len`,
 /// is the step index); returns y (B, G, d, len) in the same order and the model's element type.
+/// `local` solves the chunks of the full-length level (the levels above use the closed form).
 pub fn emit_visiting(
     e: &mut Emitter,
     inputs: PortableScanInputs<'_>,
     width: usize,
     len: usize,
     chunk: usize,
+    local: Local,
 ) -> Value {
     // The scan runs in float32 whatever the model's element type (as the op does: state and
     // arithmetic f32, y rounded once): FP16 inputs are widened here and y narrowed at the end.
@@ -119,7 +122,7 @@ pub fn emit_visiting(
     let log_a = e.mul(&dt, &a);
     let b = e.mul(&dt, &b_rows);
     let b = e.mul(&b, &u);
-    let states = chunked(e, &log_a, &b, len, chunk, Local::Unrolled);
+    let states = chunked(e, &log_a, &b, len, chunk, local);
     let y = e.mul(&c_rows, &states);
     let skip = e.mul(&d, &u);
     let y = e.add(&y, &skip);
@@ -388,15 +391,29 @@ impl ChunkLevel {
     }
 }
 
-/// How a level solves its chunks from a zero state.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) enum Local {
+/// How a level solves its chunks from a zero state. The levels above the first (L/T steps and
+/// fewer) always use the closed form; the first, which holds all L steps, may use either
+/// (`gm-export --scan-local`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum Local {
     /// The recurrence itself, unrolled over the T steps: a few operations per element but ~2T
-    /// nodes. For the first level, where all L steps are.
+    /// nodes. The first level's default: the least arithmetic, so the best throughput.
+    #[default]
     Unrolled,
     /// The masked T×T decay matrix: ~T exponentials and products per element but a handful of
-    /// nodes. For the levels above, which see L/T steps and fewer.
+    /// nodes. On the first level it trades T× the arithmetic for ~2T fewer nodes per layer, which
+    /// pays where launches rather than arithmetic bound the time (small batches on a GPU).
     ClosedForm,
+}
+
+impl Local {
+    /// The `--scan-local` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Local::Unrolled => "unrolled",
+            Local::ClosedForm => "closed-form",
+        }
+    }
 }
 
 /// Zero-initial-state solution along the last axis, of static length `t`, step by step:
@@ -429,8 +446,15 @@ pub(super) struct ClosedForm {
 
 /// Zero-initial-state solution along the last axis in closed form:
 /// h_i = Σ_{j ≤ i} exp(S_i − S_j)·b_j with S the cumulative sums of log_a. `mask` is t×t: 0 on
-/// and below the diagonal, −∞ above (added before `Exp`, so no exponent is ever positive); the
-/// model-local function builds it at run time for its top level, whose length is not static.
+/// and below the diagonal, −∞ above; the model-local function builds it at run time for its top
+/// level, whose length is not static.
+///
+/// Each exponent S_i − S_j is summed over its own segment (log_a_{j+1} + … + log_a_i: the row
+/// vector log_a masked to the steps after j, cumulatively summed), not subtracted from two
+/// cumulative sums: those may be large (strong decays earlier in the chunk) while their difference
+/// is small, and the subtraction would cancel most of its digits. The −∞ below the diagonal
+/// (after the sum, before `Exp`) keeps every exponent ≤ 0. With E[j][i] = exp(S_i − S_j), the
+/// solution is the row vector b times E.
 pub(super) fn closed_form<S: OpSink>(
     s: &mut S,
     log_a: &Value,
@@ -439,16 +463,20 @@ pub(super) fn closed_form<S: OpSink>(
 ) -> ClosedForm {
     let axis = s.int_scalar(-1);
     let cumsum = s.op("CumSum", &[log_a, &axis], &[]);
-    let last_axis = s.ints(&[-1]);
     let row_axis = s.ints(&[-2]);
-    let s_i = s.op("Unsqueeze", &[&cumsum, &last_axis], &[]);
-    let s_j = s.op("Unsqueeze", &[&cumsum, &row_axis], &[]);
-    let diff = s.op("Sub", &[&s_i, &s_j], &[]);
-    let diff = s.op("Add", &[&diff, mask], &[]);
-    let decay = s.op("Exp", &[&diff], &[]);
-    let b = s.op("Unsqueeze", &[b, &last_axis], &[]);
-    let h = s.op("MatMul", &[&decay, &b], &[]);
-    let solution = s.op("Squeeze", &[&h, &last_axis], &[]);
+    // [j][k] = log_a_k for k > j, else 0 (the −∞ entries of the mask are the steps after j) ...
+    let after = s.op("IsInf", &[mask], &[]);
+    let zero = s.float_scalar(0.0);
+    let row = s.op("Unsqueeze", &[log_a, &row_axis], &[]);
+    let segment = s.op("Where", &[&after, &row, &zero], &[]);
+    // ... summed: [j][i] = S_i − S_j for i ≥ j (0 for i < j, masked next).
+    let exponent = s.op("CumSum", &[&segment, &axis], &[]);
+    let before = s.op("Transpose", &[mask], &[("perm", Attr::Ints(vec![1, 0]))]);
+    let exponent = s.op("Add", &[&exponent, &before], &[]);
+    let decay = s.op("Exp", &[&exponent], &[]);
+    let b = s.op("Unsqueeze", &[b, &row_axis], &[]);
+    let h = s.op("MatMul", &[&b, &decay], &[]);
+    let solution = s.op("Squeeze", &[&h, &row_axis], &[]);
     ClosedForm { solution, cumsum }
 }
 
