@@ -10,7 +10,6 @@ use thiserror::Error;
 use crate::model::emit::{Emitter, ScanMode, BATCH};
 use crate::model::function_scan::selective_scan_function;
 use crate::model::params::{expected_tensors, parameter_count, random_weights};
-use crate::model::portable_scan::Local;
 use crate::model::{GroupMamba, ModelConfig};
 use crate::onnx::proto::{DataType, ModelProto, OperatorSetIdProto, StringStringEntryProto};
 use crate::onnx::{Attr, Dim, FloatType, GraphBuilder};
@@ -256,13 +255,7 @@ pub fn build_model(
 pub fn scan_name(scan: ScanMode) -> String {
     match scan {
         ScanMode::CustomOp => "custom-op".to_string(),
-        ScanMode::Portable {
-            chunk,
-            local: Local::Unrolled,
-        } => format!("portable (chunk {chunk})"),
-        ScanMode::Portable { chunk, local } => {
-            format!("portable (chunk {chunk}, {} first level)", local.name())
-        }
+        ScanMode::Portable { chunk } => format!("portable (chunk {chunk})"),
         ScanMode::Function { chunk } => format!("function (chunk {chunk})"),
     }
 }

@@ -5,8 +5,7 @@
 # Needs onnxruntime-gpu in $ORTGPU (../shared/gpu/stage-onnxruntime-gpu.sh) and $GM with bin/gm-export and
 # bin/libgroupmamba_ops.so (cargo build --release -p gm-ort-library --features cuda). Run from the repository root.
 # Env: PRECISIONS (default "fp32 fp16"); CHUNKS, the portable chunk lengths to compare (default 16; the
-# first is also the function body's); LOCALS, the portable first-level forms (gm-export --scan-local; default
-# "unrolled"; each is exported with every chunk length); FUNCTION=0 leaves the function export out; CUDA_GRAPH=1 also times
+# first is also the function body's); FUNCTION=0 leaves the function export out; CUDA_GRAPH=1 also times
 # every model with ORT's CUDA graphs (bench_scan_modes.py --cuda-graph).
 set -uo pipefail
 OUT=${OUT:-/tmp/gm-modes}
@@ -14,7 +13,6 @@ GM=${GM:-.gpu-stage/gpubench}
 ORTGPU=${ORTGPU:-/tmp/ortgpu}
 PRECISIONS=${PRECISIONS:-fp32 fp16}
 CHUNKS=${CHUNKS:-16}
-LOCALS=${LOCALS:-unrolled}
 FUNCTION=${FUNCTION:-1}
 CUDA_GRAPH=${CUDA_GRAPH:-0}
 W=/tmp/gm-modes-work
@@ -25,14 +23,10 @@ rc=0
 for p in $PRECISIONS; do
   "$GM/gm-export" --variant tiny --precision $p --out "$W/custom-$p.onnx" 2>&1 | tail -1
   models=(--model "custom=$W/custom-$p.onnx:lib")
-  for local in $LOCALS; do
-    for c in $CHUNKS; do
-      "$GM/gm-export" --variant tiny --precision $p --scan portable --scan-chunk "$c" --scan-local "$local" \
-        --out "$W/portable-$c-$local-$p.onnx" 2>&1 | tail -1
-      name=portable; [ "$c" = "$first_chunk" ] || name=portable-chunk$c
-      [ "$local" = unrolled ] || name=$name-$local
-      models+=(--model "$name=$W/portable-$c-$local-$p.onnx")
-    done
+  for c in $CHUNKS; do
+    "$GM/gm-export" --variant tiny --precision $p --scan portable --scan-chunk "$c" --out "$W/portable-$c-$p.onnx" 2>&1 | tail -1
+    name=portable; [ "$c" = "$first_chunk" ] || name=portable-chunk$c
+    models+=(--model "$name=$W/portable-$c-$p.onnx")
   done
   if [ "$FUNCTION" = 1 ]; then
     "$GM/gm-export" --variant tiny --precision $p --scan function --scan-chunk "$first_chunk" --out "$W/function-$p.onnx" 2>&1 | tail -1

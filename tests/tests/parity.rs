@@ -4,7 +4,6 @@
 //! Metric: max absolute difference. Tolerance: 1e-4 on logits (FP32), and 1e-4 on intermediates.
 
 use gm_converter::model::emit::ScanMode;
-use gm_converter::model::portable_scan::Local;
 use gm_converter::onnx::FloatType;
 use gm_runtime::backend::tract::TractBackend;
 use gm_runtime::backend::Backend;
@@ -35,25 +34,13 @@ fn custom_72x100_odd_non_square_matches_official() {
 /// The portable export (standard ONNX ops only) must match the official model as closely.
 #[test]
 fn custom_64x64_portable_scan_matches_official() {
-    check_case(
-        "custom-64x64",
-        ScanMode::Portable {
-            chunk: 16,
-            local: Local::Unrolled,
-        },
-    );
+    check_case("custom-64x64", ScanMode::Portable { chunk: 16 });
 }
 
 #[test]
 fn custom_72x100_portable_scan_matches_official() {
     // A chunk that divides no sequence length: padding and three levels of carries.
-    check_case(
-        "custom-72x100",
-        ScanMode::Portable {
-            chunk: 7,
-            local: Local::Unrolled,
-        },
-    );
+    check_case("custom-72x100", ScanMode::Portable { chunk: 7 });
 }
 
 /// The function export (`--scan function`): tract ignores the model-local function and runs our
@@ -113,24 +100,12 @@ fn custom_64x64_fp16_keeps_cosine_and_top1() {
 /// The portable scan of an FP16 export computes in FP32 (Cast in, Cast out), like the op.
 #[test]
 fn custom_64x64_fp16_portable_keeps_cosine_and_top1() {
-    check_fp16_case(
-        "custom-64x64",
-        ScanMode::Portable {
-            chunk: 16,
-            local: Local::Unrolled,
-        },
-    );
+    check_fp16_case("custom-64x64", ScanMode::Portable { chunk: 16 });
 }
 
 #[test]
 fn custom_72x100_fp16_portable_keeps_cosine_and_top1() {
-    check_fp16_case(
-        "custom-72x100",
-        ScanMode::Portable {
-            chunk: 16,
-            local: Local::Unrolled,
-        },
-    );
+    check_fp16_case("custom-72x100", ScanMode::Portable { chunk: 16 });
 }
 
 #[test]

@@ -8,7 +8,6 @@ use clap::Parser;
 use gm_converter::export::{export, ExportError, ExportOptions};
 use gm_converter::model::emit::ScanMode;
 use gm_converter::model::params::expected_tensors;
-use gm_converter::model::portable_scan::Local;
 use gm_converter::model::{GroupMamba, ModelConfig};
 use gm_converter::onnx::FloatType;
 use gm_converter::weights::{load_checkpoint, WeightsError};
@@ -62,13 +61,6 @@ struct Args {
     /// Chunk length of the closed form of the portable scan and of the function's body.
     #[arg(long, default_value_t = DEFAULT_CHUNK)]
     scan_chunk: usize,
-    /// How `--scan portable` solves the steps inside each chunk of its full-length level.
-    /// `unrolled`: one Mul and one Add per step, about 2×chunk small nodes per layer; the least
-    /// arithmetic, best for batches and CPUs. `closed-form`: a masked chunk×chunk decay matrix
-    /// and one MatMul, chunk× the arithmetic in a handful of nodes; for latency at batch 1 on
-    /// GPUs, where the number of kernels bounds the time (see README).
-    #[arg(long, value_parser = ["unrolled", "closed-form"], default_value = "unrolled")]
-    scan_local: String,
 }
 
 /// Portable-scan chunk length (see benchmarks/).
@@ -112,10 +104,6 @@ fn run() -> Result<()> {
         scan: match args.scan.as_str() {
             "portable" => ScanMode::Portable {
                 chunk: args.scan_chunk,
-                local: match args.scan_local.as_str() {
-                    "closed-form" => Local::ClosedForm,
-                    _ => Local::Unrolled,
-                },
             },
             "function" => ScanMode::Function {
                 chunk: args.scan_chunk,

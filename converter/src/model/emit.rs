@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use super::portable_scan::Local;
 use crate::onnx::proto::DataType;
 use crate::onnx::{Attr, Dim, FloatType, GraphBuilder, OpSink, Value};
 use crate::tensor::Tensor;
@@ -25,9 +24,8 @@ pub struct DebugOutput {
 pub enum ScanMode {
     /// One `ai.groupmamba::SelectiveScan` node per layer (needs the op in the runtime).
     CustomOp,
-    /// Standard ONNX operators only: the exact chunked closed form with chunks of `chunk` steps,
-    /// the full-length level's chunks solved as `local` says.
-    Portable { chunk: usize, local: Local },
+    /// Standard ONNX operators only: the exact chunked closed form with chunks of `chunk` steps.
+    Portable { chunk: usize },
     /// The graph of `CustomOp`, plus a model-local function `ai.groupmamba::SelectiveScan` whose
     /// body (standard operators, generic over shapes and directions, chunks of `chunk` steps) a
     /// runtime without the op inlines.

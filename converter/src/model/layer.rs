@@ -15,7 +15,7 @@ use gm_ops::spec::{Direction, DOMAIN, OP_TYPE};
 use super::config::{LayerDims, GROUPS};
 use super::emit::{Emitter, ScanMode};
 use super::params::{Init, Params};
-use super::portable_scan::{self, PortableScanInputs};
+use super::portable_scan::{self, Local, PortableScanInputs};
 use crate::onnx::{Attr, FloatType, Value};
 use crate::tensor::Tensor;
 
@@ -186,7 +186,7 @@ impl GroupMambaLayer {
                     .remove(0);
                 e.reshape(&y, &[0, g, di, l])
             }
-            ScanMode::Portable { chunk, local } => {
+            ScanMode::Portable { chunk } => {
                 let inputs = PortableScanInputs {
                     u: &ug,
                     delta: &delta,
@@ -196,7 +196,7 @@ impl GroupMambaLayer {
                     d: &ds,
                     delta_bias: &dt_bias,
                 };
-                let y = portable_scan::emit_visiting(e, inputs, d, h * w, chunk, local);
+                let y = portable_scan::emit_visiting(e, inputs, d, h * w, chunk, Local::Unrolled);
                 portable_scan::to_row_major(e, &y, &DIRECTIONS, (h, w))
             }
         };

@@ -392,28 +392,18 @@ impl ChunkLevel {
 }
 
 /// How a level solves its chunks from a zero state. The levels above the first (L/T steps and
-/// fewer) always use the closed form; the first, which holds all L steps, may use either
-/// (`gm-export --scan-local`).
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+/// fewer) use the closed form; the model's layers solve the first, which holds all L steps,
+/// unrolled. (The closed form there: on the H100 at batch 1 under CUDA graphs 4–5 % faster, at
+/// batch 128 2.2–2.9× slower; benchmarks/h100-scan-modes/closed-form-first-level/. Tests use it to
+/// check the closed form over every step of long sequences.)
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Local {
     /// The recurrence itself, unrolled over the T steps: a few operations per element but ~2T
-    /// nodes. The first level's default: the least arithmetic, so the best throughput.
-    #[default]
+    /// nodes.
     Unrolled,
     /// The masked T×T decay matrix: ~T exponentials and products per element but a handful of
-    /// nodes. On the first level it trades T× the arithmetic for ~2T fewer nodes per layer, which
-    /// pays where launches rather than arithmetic bound the time (small batches on a GPU).
+    /// nodes.
     ClosedForm,
-}
-
-impl Local {
-    /// The `--scan-local` name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Local::Unrolled => "unrolled",
-            Local::ClosedForm => "closed-form",
-        }
-    }
 }
 
 /// Zero-initial-state solution along the last axis, of static length `t`, step by step:
