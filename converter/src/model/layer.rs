@@ -131,7 +131,7 @@ impl GroupMambaLayer {
         // are per position, so u is moved into that order before them: dt, B and C come out in
         // it, and only u and y are reordered (in the model's element type).
         let ug = match e.scan {
-            ScanMode::Portable { .. } => portable_scan::to_visiting(e, &ug, &DIRECTIONS, (h, w)),
+            ScanMode::Portable { .. } => portable_scan::to_visiting(e, &ug, &DIRECTIONS, d, (h, w)),
             ScanMode::CustomOp | ScanMode::Function { .. } => ug,
         };
         let w_x = stack(e, "x_proj_weight", |e, k| {
@@ -158,7 +158,8 @@ impl GroupMambaLayer {
         let ds = concat(e, |e, k| group(e, k, |e| e.tensor("Ds").clone()));
         let dt_bias = concat(e, |e, k| group(e, k, |e| flat(e.tensor("dt_projs_bias"))));
 
-        // The scans of the four groups: y (B, G, d, L), row-major spatial order.
+        // The scans of the four groups: y (B, G, L, d), row-major spatial order (channels last,
+        // for out_norm).
         let y = match e.scan {
             // `Function` adds the op's model-local function to the model (export.rs); the
             // graph is the custom-op graph.
@@ -184,7 +185,8 @@ impl GroupMambaLayer {
                         )],
                     )
                     .remove(0);
-                e.reshape(&y, &[0, g, di, l])
+                let y = e.reshape(&y, &[0, g, di, l]);
+                e.transpose(&y, &[0, 1, 3, 2])
             }
             ScanMode::Portable { chunk } => {
                 let inputs = PortableScanInputs {
@@ -197,12 +199,11 @@ impl GroupMambaLayer {
                     delta_bias: &dt_bias,
                 };
                 let y = portable_scan::emit_visiting(e, inputs, d, h * w, chunk, Local::Unrolled);
-                portable_scan::to_row_major(e, &y, &DIRECTIONS, (h, w))
+                portable_scan::to_row_major_channels_last(e, &y, &DIRECTIONS, d, (h, w))
             }
         };
 
         // out_norm (per group, over d), z gate, out_proj — on (B, G, L, d).
-        let y = e.transpose(&y, &[0, 1, 3, 2]);
         let ones = e.constant("out_norm_unit_scale", &Tensor::new(vec![d], vec![1.0; d]));
         let y = e.g.op(
             "LayerNormalization",

@@ -22,13 +22,12 @@
 //! down).
 //!
 //! Scan directions are per-group reorderings of the sequence axis into visiting order, undone
-//! after the scan, with layout operators only: the column-major directions transpose the map
-//! (`Reshape`, `Transpose`, `Reshape`: no index tensor, coalesced tiles), the reversed ones read
-//! the sequence backwards (`Gather` of L−1 … 0). The layer reorders its map u before the
-//! per-position projections that make Δ, B and C ([`to_visiting`], [`emit_visiting`],
-//! [`to_row_major`]): two reorders per layer, in the model's element type, instead of three in
-//! float32 (fewer full-tensor passes: on the H100, FP16 batch 128 went from 1.54× to 1.49× the
-//! custom op).
+//! after the scan. Each reorder is one `Gather` over the flattened (G, d, L) axes with a constant
+//! int32 index (`Direction::visiting_order`, shared by the layers of a stage), so any mix of
+//! directions costs one kernel; the way back also swaps the last two axes into the (B, G, L, d)
+//! layout the layer's out_norm reads ([`to_row_major_channels_last`]). The layer reorders its map
+//! u before the per-position projections that make Δ, B and C ([`to_visiting`],
+//! [`emit_visiting`]): two reorders per layer, in the model's element type.
 //!
 //! The chunk-level building blocks (`ChunkLevel`, `unrolled`, `closed_form`) write through
 //! [`OpSink`]; the model-local function of `--scan function` (`function_scan`) builds its body,
@@ -73,9 +72,9 @@ pub fn emit(
     chunk: usize,
     local: Local,
 ) -> Value {
-    let visit = |e: &mut Emitter, x: &Value| to_visiting(e, x, directions, (h, w));
-    let (u, delta) = (visit(e, inputs.u), visit(e, inputs.delta));
-    let (b_rows, c_rows) = (visit(e, inputs.b_rows), visit(e, inputs.c_rows));
+    let visit = |e: &mut Emitter, x: &Value, width| to_visiting(e, x, directions, width, (h, w));
+    let (u, delta) = (visit(e, inputs.u, width), visit(e, inputs.delta, width));
+    let (b_rows, c_rows) = (visit(e, inputs.b_rows, 1), visit(e, inputs.c_rows, 1));
     let visiting = PortableScanInputs {
         u: &u,
         delta: &delta,
@@ -84,7 +83,7 @@ pub fn emit(
         ..inputs
     };
     let y = emit_visiting(e, visiting, width, h * w, chunk, local);
-    to_row_major(e, &y, directions, (h, w))
+    to_row_major(e, &y, directions, width, (h, w))
 }
 
 /// The scans of sequences already in visiting order (every input's last axis, of length `len`,
@@ -139,14 +138,21 @@ pub fn emit_visiting(
 }
 
 /// (B, G, d, L) in row-major spatial order → each group's visiting order (a permutation of the
-/// last axis per group; exact in any element type).
+/// last axis per group; exact in any element type). `width` = d, the channels per group.
 pub fn to_visiting(
     e: &mut Emitter,
     x: &Value,
     directions: &[Direction],
+    width: usize,
     (h, w): (usize, usize),
 ) -> Value {
-    reorder(e, x, directions, (h, w), Reorder::ToVisiting)
+    let index = reorder_index(directions, width, (h, w), Reorder::Visiting);
+    gather_flat(
+        e,
+        x,
+        index,
+        &[0, directions.len() as i64, width as i64, (h * w) as i64],
+    )
 }
 
 /// Inverse of [`to_visiting`].
@@ -154,97 +160,99 @@ pub fn to_row_major(
     e: &mut Emitter,
     x: &Value,
     directions: &[Direction],
+    width: usize,
     (h, w): (usize, usize),
 ) -> Value {
-    reorder(e, x, directions, (h, w), Reorder::ToRowMajor)
+    let index = reorder_index(directions, width, (h, w), Reorder::RowMajor);
+    gather_flat(
+        e,
+        x,
+        index,
+        &[0, directions.len() as i64, width as i64, (h * w) as i64],
+    )
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Reorder {
-    /// Row-major order → each group's visiting order.
-    ToVisiting,
-    /// Visiting order → row-major order.
-    ToRowMajor,
-}
-
-/// Reorders the last axis (L = h·w) of (B, G, d, L) group by group. Groups scanned in row-major
-/// order are left alone.
-fn reorder(
+/// [`to_row_major`] with the last two axes swapped in the same pass: (B, G, d, L) in visiting
+/// order → (B, G, L, d) in row-major order, the layout the layer's per-group LayerNorm reads.
+pub fn to_row_major_channels_last(
     e: &mut Emitter,
     x: &Value,
     directions: &[Direction],
+    width: usize,
+    (h, w): (usize, usize),
+) -> Value {
+    let index = reorder_index(directions, width, (h, w), Reorder::RowMajorChannelsLast);
+    gather_flat(
+        e,
+        x,
+        index,
+        &[0, directions.len() as i64, (h * w) as i64, width as i64],
+    )
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+/// Which way a reorder goes (output layout (g, i, l) unless said otherwise).
+enum Reorder {
+    /// Row-major order → each group's visiting order.
+    Visiting,
+    /// Visiting order → row-major order.
+    RowMajor,
+    /// Visiting order → row-major order, output (g, l, i).
+    RowMajorChannelsLast,
+}
+
+/// For each output element of one batch item, in output order, the flat offset (g·d + i)·L + step
+/// of the input element it takes.
+fn reorder_index(
+    directions: &[Direction],
+    width: usize,
     (h, w): (usize, usize),
     way: Reorder,
-) -> Value {
-    let moves = |dir: &Direction| h * w > 1 && *dir != Direction::RowMajor;
-    if !directions.iter().any(moves) {
-        return x.clone();
-    }
-    let parts = if directions.len() == 1 {
-        vec![x.clone()]
-    } else {
-        e.g.node(
-            "",
-            "Split",
-            &[x],
-            directions.len(),
-            &[("axis", Attr::Int(1))],
-        )
-    };
-    let reordered: Vec<Value> = parts
-        .iter()
-        .zip(directions)
-        .map(|(part, dir)| {
-            if !moves(dir) {
-                return part.clone();
-            }
-            // Visiting order of a column-major direction = the transposed map in row-major
-            // order; a reversed direction reads its sequence backwards. Undoing transposes the
-            // (w × h) map back and reverses first.
-            match (way, dir.is_column_major(), dir.is_reversed()) {
-                (_, false, true) => reverse(e, part, h * w),
-                (Reorder::ToVisiting, true, reversed) => {
-                    let t = transpose_map(e, part, h, w);
-                    if reversed {
-                        reverse(e, &t, h * w)
-                    } else {
-                        t
-                    }
+) -> Vec<i32> {
+    let len = h * w;
+    let mut index = Vec::with_capacity(directions.len() * width * len);
+    for (g, dir) in directions.iter().enumerate() {
+        // order[s] = row-major position visited at step s; step_of[p] = its inverse.
+        let order = dir.visiting_order(h, w);
+        let mut step_of = vec![0; len];
+        for (s, &p) in order.iter().enumerate() {
+            step_of[p] = s;
+        }
+        let offset = |i: usize, step: usize| {
+            i32::try_from((g * width + i) * len + step)
+                .expect("a layer of fewer than 2^31 elements")
+        };
+        match way {
+            Reorder::Visiting => {
+                for i in 0..width {
+                    index.extend(order.iter().map(|&p| offset(i, p)));
                 }
-                (Reorder::ToRowMajor, true, reversed) => {
-                    let t = if reversed {
-                        reverse(e, part, h * w)
-                    } else {
-                        part.clone()
-                    };
-                    transpose_map(e, &t, w, h)
-                }
-                (_, false, false) => unreachable!("row-major groups are left alone"),
             }
-        })
-        .collect();
-    if reordered.len() == 1 {
-        return reordered.into_iter().next().unwrap();
+            Reorder::RowMajor => {
+                for i in 0..width {
+                    index.extend(step_of.iter().map(|&s| offset(i, s)));
+                }
+            }
+            Reorder::RowMajorChannelsLast => {
+                for &s in &step_of {
+                    index.extend((0..width).map(|i| offset(i, s)));
+                }
+            }
+        }
     }
-    let refs: Vec<&Value> = reordered.iter().collect();
-    e.g.op("Concat", &refs, &[("axis", Attr::Int(1))])
+    index
 }
 
-/// (B, G, d, rows·cols) holding a rows × cols map row-major → the cols × rows transposed map,
-/// row-major.
-fn transpose_map(e: &mut Emitter, x: &Value, rows: usize, cols: usize) -> Value {
-    let map = e.reshape(x, &[0, 0, 0, rows as i64, cols as i64]);
-    let t = e.transpose(&map, &[0, 1, 2, 4, 3]);
-    e.reshape(&t, &[0, 0, 0, -1])
-}
-
-/// The last axis (of length `len`) of a rank-4 tensor, backwards: a `Gather` of the indices
-/// len−1 … 0. (`Slice` with step −1 would say the same, but tract 0.23's declutter fails on it
-/// when it follows a `Reshape`: "Pulling Downsample over Reshape: Invalid axis".)
-fn reverse(e: &mut Emitter, x: &Value, len: usize) -> Value {
-    let backwards: Vec<i64> = (0..len as i64).rev().collect();
-    let index = e.g.ints(&backwards);
-    e.g.op("Gather", &[x, &index], &[("axis", Attr::Int(3))])
+/// One `Gather` over the flattened non-batch axes of `x` with the constant `index` (shared by
+/// every layer of the same shape), reshaped to `shape`: any per-group permutation and transpose
+/// in a single pass, where splitting the groups, transposing, reversing and concatenating took six
+/// to seven kernels per reorder.
+fn gather_flat(e: &mut Emitter, x: &Value, index: Vec<i32>, shape: &[i64]) -> Value {
+    let flat = e.reshape(x, &[0, -1]);
+    let index = e.g.indices(&index);
+    let gathered =
+        e.g.op("Gather", &[&flat, &index], &[("axis", Attr::Int(1))]);
+    e.reshape(&gathered, shape)
 }
 
 /// States h of the recurrence h_t = exp(log_a_t)·h_{t−1} + b_t, h_{−1} = 0, along the last axis

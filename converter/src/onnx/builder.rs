@@ -73,6 +73,7 @@ pub struct GraphBuilder {
     used_names: HashSet<String>,
     scope: String,
     int_constants: HashMap<Vec<i64>, Value>,
+    index_constants: HashMap<Vec<i32>, Value>,
     float_constants: HashMap<(u32, FloatType), Value>,
     node_count: usize,
 }
@@ -168,14 +169,19 @@ impl GraphBuilder {
         if let Some(v) = self.int_constants.get(values) {
             return v.clone();
         }
-        let hint = format!(
-            "const_i64[{}]",
-            values
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        );
+        // Short ones are named by their values; long ones (index tensors) by their length only.
+        let hint = if values.len() <= 8 {
+            format!(
+                "const_i64[{}]",
+                values
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        } else {
+            format!("const_i64_x{}", values.len())
+        };
         let name = self.unique_global(&hint);
         self.graph.initializer.push(TensorProto {
             dims: vec![values.len() as i64],
@@ -185,6 +191,24 @@ impl GraphBuilder {
         });
         let v = Value(name);
         self.int_constants.insert(values.to_vec(), v.clone());
+        v
+    }
+
+    /// A 1-D int32 index tensor (`Gather` indices: half the bytes of int64); identical ones are
+    /// shared.
+    pub fn indices(&mut self, values: &[i32]) -> Value {
+        if let Some(v) = self.index_constants.get(values) {
+            return v.clone();
+        }
+        let name = self.unique_global(&format!("indices_x{}", values.len()));
+        self.graph.initializer.push(TensorProto {
+            dims: vec![values.len() as i64],
+            data_type: DataType::Int32 as i32,
+            name: name.clone(),
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        });
+        let v = Value(name);
+        self.index_constants.insert(values.to_vec(), v.clone());
         v
     }
 

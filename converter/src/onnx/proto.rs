@@ -130,6 +130,7 @@ pub struct AttributeProto {
 pub enum DataType {
     Undefined = 0,
     Float = 1,
+    Int32 = 6,
     Int64 = 7,
     Float16 = 10,
     Bfloat16 = 16,
