@@ -17,11 +17,11 @@
 //     (sm_87) 16-byte cp.async per thread. The unaligned first/last few elements go through 4-byte
 //     cp.async (FP32) or registers (2-byte types). The map is reloaded only when (n, g) changes.
 //     Global traffic is fully coalesced whatever the direction.
-//   * Each plane is cut into segments of K (7 or 14) consecutive scan steps on one line: a piece
-//     of a row (directions → ←) or of a column (↓ ↑). Thread s of a plane owns segment s in scan
-//     order, reads its steps from shared memory (lanes walk neighbouring pieces or columns),
-//     computes a = exp(Δ·A) and b = Δ·B·u once, keeps them in registers and folds them into one
-//     affine map h ↦ ma·h + mb.
+//   * Each plane is cut into segments of K (7 or 14; 28 with GM_SCAN_K28) consecutive scan steps
+//     on one line: a piece of a row (directions → ←) or of a column (↓ ↑). Thread s of a plane
+//     owns segment s in scan order, reads its steps from shared memory (lanes walk neighbouring
+//     pieces or columns), computes a = exp(Δ·A) and b = Δ·B·u once, keeps them in registers and
+//     folds them into one affine map h ↦ ma·h + mb.
 //   * One block-wide scan of the maps in thread order (warp shuffles, then one warp over the warp
 //     totals), segmented at plane starts so that nothing (not even NaN) crosses planes, gives every
 //     segment its entering state.
@@ -81,6 +81,25 @@ typedef unsigned long long uintptr_t;
 #ifndef GM_SCAN_REGS_SEQ
 #define GM_SCAN_REGS_SEQ 40
 #endif
+// GM_SCAN_K28 = 1 (experimental, not yet measured): 2-byte types use segments of K = 28 on planes
+// whose H and W are multiples of 28 (GroupMamba's 56×56 and 28×28 stages). Why: at K = 14 the
+// per-item work of a thread (next item's copy issue and edge loads, the mbarrier wait, span and
+// segment bookkeeping, the two-barrier block scan, the copy-out) costs about as many instructions as
+// its 14 steps (SASS: ~22 per step to compose, ~10 to replay, ~400 per thread per item); K = 28
+// spreads it over twice the steps. The price is registers (a[28], b[28] stay in registers between
+// compose and replay): GM_SCAN_REGS28 per thread (96: no spills; 88 spills), blocks of at most
+// GM_SCAN_MAXT28 threads (224: 3 blocks, 21 warps per multiprocessor at 56×56 and 28×28, limited by
+// both registers and shared memory, against 4 blocks, 28 warps at K = 14). Only full segments (K
+// divides H and W) take this path, so the partial-segment code is never used for 28.
+#ifndef GM_SCAN_K28
+#define GM_SCAN_K28 0
+#endif
+#ifndef GM_SCAN_MAXT28
+#define GM_SCAN_MAXT28 224
+#endif
+#ifndef GM_SCAN_REGS28
+#define GM_SCAN_REGS28 96
+#endif
 #ifndef GM_SCAN_SYNC_COPIES  // 1: plain loads/stores for the stage copies, as below sm_80 (for testing that path)
 #define GM_SCAN_SYNC_COPIES 0
 #endif
@@ -100,10 +119,13 @@ constexpr int kMaxThreads = 512;  // staged kernel's largest block, any K
 constexpr int kWholePlane = 0;
 // Launch bounds of the staged kernel per segment length.
 constexpr int max_threads_for(int k) {
-  return k == 7 ? GM_SCAN_MAXT7 : k == 14 ? GM_SCAN_MAXT14 : GM_SCAN_MAXT_SEQ;
+  return k == 7 ? GM_SCAN_MAXT7 : k == 14 ? GM_SCAN_MAXT14 : k == 28 ? GM_SCAN_MAXT28 : GM_SCAN_MAXT_SEQ;
 }
-constexpr int max_regs_for(int k) { return k == 7 ? GM_SCAN_REGS7 : k == 14 ? GM_SCAN_REGS14 : GM_SCAN_REGS_SEQ; }
-static_assert(GM_SCAN_MAXT7 <= kMaxThreads && GM_SCAN_MAXT14 <= kMaxThreads && GM_SCAN_MAXT_SEQ <= kMaxThreads,
+constexpr int max_regs_for(int k) {
+  return k == 7 ? GM_SCAN_REGS7 : k == 14 ? GM_SCAN_REGS14 : k == 28 ? GM_SCAN_REGS28 : GM_SCAN_REGS_SEQ;
+}
+static_assert(GM_SCAN_MAXT7 <= kMaxThreads && GM_SCAN_MAXT14 <= kMaxThreads && GM_SCAN_MAXT28 <= kMaxThreads &&
+                  GM_SCAN_MAXT_SEQ <= kMaxThreads,
               "block too large");
 
 __device__ __forceinline__ float to_float(float v) { return v; }
@@ -668,6 +690,8 @@ __global__ void __launch_bounds__(max_threads_for(K)) __maxnreg__(max_regs_for(K
     const T* const cs = staged_at(gc + ci.m0, cmap);
     if constexpr (K == kWholePlane) {
       scan_whole_plane_dir<T>(p, ci.dir, us, ds, bs, cs, j, ci.planes, ci.c0);
+    } else if constexpr (K == 28) {  // the planner gives K = 28 only full segments
+      scan_item_dir<T, K, true>(p, ci.dir, us, ds, bs, cs, j, s, ci.planes, ci.c0, warp_maps);
     } else if (p.full) {
       scan_item_dir<T, K, true>(p, ci.dir, us, ds, bs, cs, j, s, ci.planes, ci.c0, warp_maps);
     } else {
@@ -889,6 +913,14 @@ cudaError_t launch_staged_k(int k, const ScanPlan& p, int threads, int smem, int
   switch (k) {
     case 7: return launch_staged<T, 7>(p, threads, smem, sms, stream);
     case 14: return launch_staged<T, 14>(p, threads, smem, sms, stream);
+#if GM_SCAN_K28
+    case 28:  // 2-byte types only (the planner's rule); FP32 gets no K = 28 kernel
+      if constexpr (sizeof(T) == 2) {
+        return launch_staged<T, 28>(p, threads, smem, sms, stream);
+      } else {
+        return cudaErrorInvalidConfiguration;
+      }
+#endif
     default: return launch_staged<T, kWholePlane>(p, threads, smem, sms, stream);
   }
 }
@@ -907,11 +939,12 @@ bool plan_staged(ScanPlan& p, int64_t batch, int64_t channels, int64_t groups, i
   // better on it (1.91 → 2.02 warm, 1.60 → 1.47 from DRAM: twice the shared memory per plane,
   // fewer blocks in flight), so FP32 keeps the segments.
   const int pref[2] = {elem == 2 ? 14 : 7, elem == 2 ? 7 : 14};
-  int ks[3], nk = 0;
+  int ks[4], nk = 0;
   if (elem == 2 && GM_SCAN_SEQ_MAX_LEN > 0 && GM_SCAN_FORCE_K == 0 && len <= GM_SCAN_SEQ_MAX_LEN &&
       len % 2 == 1) {
     ks[nk++] = kWholePlane;
   }
+  if (GM_SCAN_K28 && elem == 2 && h % 28 == 0 && w % 28 == 0) ks[nk++] = 28;  // full segments only
   for (int pass = 0; pass < 2; ++pass) {
     for (int i = 0; i < 2; ++i) {
       const bool divides = h % pref[i] == 0 && w % pref[i] == 0;
