@@ -19,11 +19,13 @@ import sys
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 SOURCE = os.path.join(ROOT, "plugins", "cuda", "selective_scan.cu")
 TYPES = ("float", "__half", "__nv_bfloat16")
-# The kernels gm_selective_scan_cuda launches: the staged kernel for both segment lengths and for
-# whole planes (0), and v1.
-KERNELS = [f"scan_staged_kernel<{t}, {k}>" for t in TYPES for k in (7, 14, 0)] + [
-    f"selective_scan_kernel<{t}>" for t in TYPES
-]
+# The kernels gm_selective_scan_cuda launches: the staged kernel for segments of 7 and 14 steps and
+# whole planes (0) in every type, of 28 steps in the 2-byte types (GM_SCAN_K28), and v1.
+KERNELS = (
+    [f"scan_staged_kernel<{t}, {k}>" for t in TYPES for k in (7, 14, 0)]
+    + [f"scan_staged_kernel<{t}, 28>" for t in TYPES[1:]]
+    + [f"selective_scan_kernel<{t}>" for t in TYPES]
+)
 
 
 def check(nvrtc, status, what, prog=None):

@@ -17,7 +17,7 @@
 //     (sm_87) 16-byte cp.async per thread. The unaligned first/last few elements go through 4-byte
 //     cp.async (FP32) or registers (2-byte types). The map is reloaded only when (n, g) changes.
 //     Global traffic is fully coalesced whatever the direction.
-//   * Each plane is cut into segments of K (7 or 14; 28 with GM_SCAN_K28) consecutive scan steps
+//   * Each plane is cut into segments of K (7, 14 or 28: GM_SCAN_K28) consecutive scan steps
 //     on one line: a piece of a row (directions → ←) or of a column (↓ ↑). Thread s of a plane
 //     owns segment s in scan order, reads its steps from shared memory (lanes walk neighbouring
 //     pieces or columns), computes a = exp(Δ·A) and b = Δ·B·u once, keeps them in registers and
@@ -81,7 +81,7 @@ typedef unsigned long long uintptr_t;
 #ifndef GM_SCAN_REGS_SEQ
 #define GM_SCAN_REGS_SEQ 40
 #endif
-// GM_SCAN_K28 = 1 (experimental, not yet measured): 2-byte types use segments of K = 28 on planes
+// GM_SCAN_K28 = 1 (default): 2-byte types use segments of K = 28 on planes
 // whose H and W are multiples of 28 (GroupMamba's 56×56 and 28×28 stages). Why: at K = 14 the
 // per-item work of a thread (next item's copy issue and edge loads, the mbarrier wait, span and
 // segment bookkeeping, the two-barrier block scan, the copy-out) costs about as many instructions as
@@ -90,9 +90,11 @@ typedef unsigned long long uintptr_t;
 // compose and replay): GM_SCAN_REGS28 per thread (96: no spills; 88 spills), blocks of at most
 // GM_SCAN_MAXT28 threads (224: 3 blocks, 21 warps per multiprocessor at 56×56 and 28×28, limited by
 // both registers and shared memory, against 4 blocks, 28 warps at K = 14). Only full segments (K
-// divides H and W) take this path, so the partial-segment code is never used for 28.
+// divides H and W) take this path, so the partial-segment code is never used for 28. H100, f16 graph
+// TB/s: 56² 1.94 → 2.10, 28² 1.63 → 1.84; 128-thread blocks were worse, and FP32 at K = 28 lost on 56²
+// (2.53 → 2.40), so FP32 never takes it (benchmarks/h100-scan-kernel.md).
 #ifndef GM_SCAN_K28
-#define GM_SCAN_K28 0
+#define GM_SCAN_K28 1
 #endif
 #ifndef GM_SCAN_MAXT28
 #define GM_SCAN_MAXT28 224

@@ -10,7 +10,7 @@ OUT=${OUT:-/tmp/gm-scan-variants}
 REF=${REF:-.gpu-stage/scan_reference}
 FIXTURES=${FIXTURES:-.gpu-stage/parity}
 # FLAGS: nvcc flags, commas for spaces (e.g. threads224=-DGM_SCAN_TARGET_THREADS=224,-DGM_SCAN_MAXT7=224).
-VARIANTS=${VARIANTS:-"shipped= threads224=-DGM_SCAN_TARGET_THREADS=224 regs64=-DGM_SCAN_REGS7=64 k28=-DGM_SCAN_K28=1 k28t128=-DGM_SCAN_K28=1,-DGM_SCAN_MAXT28=128"}
+VARIANTS=${VARIANTS:-"shipped= threads224=-DGM_SCAN_TARGET_THREADS=224 regs64=-DGM_SCAN_REGS7=64 k14=-DGM_SCAN_K28=0"}
 SANITIZE=${SANITIZE:-all}  # variant names to run under compute-sanitizer, or "all"
 B=/tmp/gm-scan-variants-build
 mkdir -p "$OUT" "$B"
