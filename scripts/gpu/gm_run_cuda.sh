@@ -14,17 +14,8 @@ G=${G:-.gpu-stage/gmrun}
 W=/tmp/gmrun-work; mkdir -p "$W"; OUT=${OUT:-/tmp/gmrun-out}; mkdir -p "$OUT"
 for f in gm-run gm-bench gm-export; do xz -dkc "$G/$f.xz" > "$W/$f"; chmod +x "$W/$f"; done
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-cat /tmp/stage/ort-gpu.part? > "$W/ort.whl" && python3 - <<PY
-import zipfile
-z = zipfile.ZipFile("$W/ort.whl")
-for n in z.namelist():
-    if n.startswith("onnxruntime/capi/lib") and ".so" in n:
-        open("$W/" + n.split("/")[-1], "wb").write(z.read(n))
-PY
-SP=$(python3 -c 'import site; print(site.getsitepackages()[0])')
-LD_LIBRARY_PATH=$(find "$SP/nvidia" "$SP/torch/lib" -name 'lib*.so*' -printf '%h\n' 2>/dev/null | sort -u | paste -sd:)
-export LD_LIBRARY_PATH
-export ORT_DYLIB_PATH=$W/libonnxruntime.so.1.31.1
+source scripts/gpu/ort_gpu_libs.sh
+use_ort_gpu "$W" || { echo "onnxruntime-gpu is not staged in /tmp/stage"; exit 1; }
 rc=0
 F=$G/custom-72x100
 echo "== 1. parity, custom-72x100 fixture (FP32 export), gm-run --device cuda"

@@ -21,17 +21,8 @@ W=/tmp/gmv-work; mkdir -p "$W"; OUT=${OUT:-/tmp/gmv-out}; mkdir -p "$OUT"
 for f in gm-validate gm-export; do xz -dkc "$G/$f.xz" > "$W/$f"; chmod +x "$W/$f"; done
 if [ "$CUDA_BACKEND" = ort-cuda ]; then
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-  cat /tmp/stage/ort-gpu.part? > "$W/ort.whl" && python3 - <<PY
-import zipfile
-z = zipfile.ZipFile("$W/ort.whl")
-for n in z.namelist():
-    if n.startswith("onnxruntime/capi/lib") and ".so" in n:
-        open("$W/" + n.split("/")[-1], "wb").write(z.read(n))
-PY
-  SP=$(python3 -c 'import site; print(site.getsitepackages()[0])')
-  LD_LIBRARY_PATH=$(find "$SP/nvidia" "$SP/torch/lib" -name 'lib*.so*' -printf '%h\n' 2>/dev/null | sort -u | paste -sd:)
-  export LD_LIBRARY_PATH
-  export ORT_DYLIB_PATH=$W/libonnxruntime.so.1.31.1
+  source scripts/gpu/ort_gpu_libs.sh
+  use_ort_gpu "$W" || { echo "onnxruntime-gpu is not staged in /tmp/stage"; exit 1; }
 fi
 "$W/gm-export" --variant tiny --debug-outputs --out "$W/t32.onnx" | tail -1
 "$W/gm-export" --variant tiny --debug-outputs --precision fp16 --out "$W/t16.onnx" | tail -1

@@ -15,7 +15,7 @@ use gm_ops::spec::{Direction, DOMAIN, OP_TYPE};
 use super::config::{LayerDims, GROUPS};
 use super::emit::{Emitter, ScanMode};
 use super::params::{Init, Params};
-use super::portable_scan::{self, Local, PortableScanInputs};
+use super::portable_scan::{self, Local, PortableScanInputs, Reorder};
 use crate::onnx::{Attr, FloatType, Value};
 use crate::tensor::Tensor;
 
@@ -131,7 +131,9 @@ impl GroupMambaLayer {
         // are per position, so u is moved into that order before them: dt, B and C come out in
         // it, and only u and y are reordered (in the model's element type).
         let ug = match e.scan {
-            ScanMode::Portable { .. } => portable_scan::to_visiting(e, &ug, &DIRECTIONS, d, (h, w)),
+            ScanMode::Portable { .. } => {
+                portable_scan::reorder(e, &ug, &DIRECTIONS, d, (h, w), Reorder::Visiting)
+            }
             ScanMode::CustomOp | ScanMode::Function { .. } => ug,
         };
         let w_x = stack(e, "x_proj_weight", |e, k| {
@@ -199,7 +201,7 @@ impl GroupMambaLayer {
                     delta_bias: &dt_bias,
                 };
                 let y = portable_scan::emit_visiting(e, inputs, d, h * w, chunk, Local::Unrolled);
-                portable_scan::to_row_major_channels_last(e, &y, &DIRECTIONS, d, (h, w))
+                portable_scan::reorder(e, &y, &DIRECTIONS, d, (h, w), Reorder::RowMajorChannelsLast)
             }
         };
 

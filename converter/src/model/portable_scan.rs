@@ -25,8 +25,8 @@
 //! after the scan. Each reorder is one `Gather` over the flattened (G, d, L) axes with a constant
 //! int32 index (`Direction::visiting_order`, shared by the layers of a stage), so any mix of
 //! directions costs one kernel; the way back also swaps the last two axes into the (B, G, L, d)
-//! layout the layer's out_norm reads ([`to_row_major_channels_last`]). The layer reorders its map
-//! u before the per-position projections that make Δ, B and C ([`to_visiting`],
+//! layout the layer's out_norm reads ([`Reorder::RowMajorChannelsLast`]). The layer reorders its map
+//! u before the per-position projections that make Δ, B and C ([`reorder`],
 //! [`emit_visiting`]): two reorders per layer, in the model's element type.
 //!
 //! The chunk-level building blocks (`ChunkLevel`, `unrolled`, `closed_form`) write through
@@ -72,7 +72,9 @@ pub fn emit(
     chunk: usize,
     local: Local,
 ) -> Value {
-    let visit = |e: &mut Emitter, x: &Value, width| to_visiting(e, x, directions, width, (h, w));
+    let visit = |e: &mut Emitter, x: &Value, width| {
+        reorder(e, x, directions, width, (h, w), Reorder::Visiting)
+    };
     let (u, delta) = (visit(e, inputs.u, width), visit(e, inputs.delta, width));
     let (b_rows, c_rows) = (visit(e, inputs.b_rows, 1), visit(e, inputs.c_rows, 1));
     let visiting = PortableScanInputs {
@@ -83,7 +85,7 @@ pub fn emit(
         ..inputs
     };
     let y = emit_visiting(e, visiting, width, h * w, chunk, local);
-    to_row_major(e, &y, directions, width, (h, w))
+    reorder(e, &y, directions, width, (h, w), Reorder::RowMajor)
 }
 
 /// The scans of sequences already in visiting order (every input's last axis, of length `len`,
@@ -137,68 +139,35 @@ pub fn emit_visiting(
     }
 }
 
-/// (B, G, d, L) in row-major spatial order → each group's visiting order (a permutation of the
-/// last axis per group; exact in any element type). `width` = d, the channels per group.
-pub fn to_visiting(
-    e: &mut Emitter,
-    x: &Value,
-    directions: &[Direction],
-    width: usize,
-    (h, w): (usize, usize),
-) -> Value {
-    let index = reorder_index(directions, width, (h, w), Reorder::Visiting);
-    gather_flat(
-        e,
-        x,
-        index,
-        &[0, directions.len() as i64, width as i64, (h * w) as i64],
-    )
-}
-
-/// Inverse of [`to_visiting`].
-pub fn to_row_major(
-    e: &mut Emitter,
-    x: &Value,
-    directions: &[Direction],
-    width: usize,
-    (h, w): (usize, usize),
-) -> Value {
-    let index = reorder_index(directions, width, (h, w), Reorder::RowMajor);
-    gather_flat(
-        e,
-        x,
-        index,
-        &[0, directions.len() as i64, width as i64, (h * w) as i64],
-    )
-}
-
-/// [`to_row_major`] with the last two axes swapped in the same pass: (B, G, d, L) in visiting
-/// order → (B, G, L, d) in row-major order, the layout the layer's per-group LayerNorm reads.
-pub fn to_row_major_channels_last(
-    e: &mut Emitter,
-    x: &Value,
-    directions: &[Direction],
-    width: usize,
-    (h, w): (usize, usize),
-) -> Value {
-    let index = reorder_index(directions, width, (h, w), Reorder::RowMajorChannelsLast);
-    gather_flat(
-        e,
-        x,
-        index,
-        &[0, directions.len() as i64, (h * w) as i64, width as i64],
-    )
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-/// Which way a reorder goes (output layout (g, i, l) unless said otherwise).
-enum Reorder {
-    /// Row-major order → each group's visiting order.
+/// Which way a [`reorder`] goes: between row-major spatial order and each group's visiting order
+/// (a permutation of the sequence axis per group; exact in any element type).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Reorder {
+    /// (B, G, d, L) row-major → (B, G, d, L) in visiting order.
     Visiting,
-    /// Visiting order → row-major order.
+    /// (B, G, d, L) in visiting order → (B, G, d, L) row-major.
     RowMajor,
-    /// Visiting order → row-major order, output (g, l, i).
+    /// (B, G, d, L) in visiting order → (B, G, L, d) row-major: the last two axes swapped in the
+    /// same pass, the layout the layer's per-group LayerNorm reads.
     RowMajorChannelsLast,
+}
+
+/// Reorders the sequence axis of `x` (B, G, d, L), `width` = d channels per group, as `way` says.
+pub fn reorder(
+    e: &mut Emitter,
+    x: &Value,
+    directions: &[Direction],
+    width: usize,
+    (h, w): (usize, usize),
+    way: Reorder,
+) -> Value {
+    let (g, d, l) = (directions.len() as i64, width as i64, (h * w) as i64);
+    let shape = match way {
+        Reorder::Visiting | Reorder::RowMajor => [0, g, d, l],
+        Reorder::RowMajorChannelsLast => [0, g, l, d],
+    };
+    let index = reorder_index(directions, width, (h, w), way);
+    gather_flat(e, x, index, &shape)
 }
 
 /// For each output element of one batch item, in output order, the flat offset (g·d + i)·L + step
