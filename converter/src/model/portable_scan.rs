@@ -460,3 +460,59 @@ pub(super) fn causal_mask(t: usize) -> Tensor {
         .collect();
     Tensor::new(vec![t, t], data)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Applies a `reorder_index` to one batch item `x` (the Gather it becomes).
+    fn gather(x: &[i32], index: &[i32]) -> Vec<i32> {
+        index.iter().map(|&i| x[i as usize]).collect()
+    }
+
+    #[test]
+    fn reorders_follow_the_visiting_order_and_invert() {
+        let directions = [
+            Direction::RowMajor,
+            Direction::ColumnMajor,
+            Direction::RowMajorReversed,
+            Direction::ColumnMajorReversed,
+        ];
+        let (width, h, w) = (3, 5, 7);
+        let len = h * w;
+        // x[g][i][p] = its own flat offset, so a gathered value says where it came from.
+        let x: Vec<i32> = (0..(directions.len() * width * len) as i32).collect();
+        let visiting = gather(
+            &x,
+            &reorder_index(&directions, width, (h, w), Reorder::Visiting),
+        );
+        for (g, dir) in directions.iter().enumerate() {
+            let order = dir.visiting_order(h, w);
+            for i in 0..width {
+                for (s, &p) in order.iter().enumerate() {
+                    let at = (g * width + i) * len;
+                    assert_eq!(
+                        visiting[at + s],
+                        x[at + p],
+                        "group {g} channel {i} step {s}"
+                    );
+                }
+            }
+        }
+        let back = gather(
+            &visiting,
+            &reorder_index(&directions, width, (h, w), Reorder::RowMajor),
+        );
+        assert_eq!(back, x);
+        let last = Reorder::RowMajorChannelsLast;
+        let channels_last = gather(&visiting, &reorder_index(&directions, width, (h, w), last));
+        for g in 0..directions.len() {
+            for p in 0..len {
+                for i in 0..width {
+                    let want = x[(g * width + i) * len + p];
+                    assert_eq!(channels_last[(g * len + p) * width + i], want);
+                }
+            }
+        }
+    }
+}
