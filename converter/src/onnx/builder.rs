@@ -169,27 +169,16 @@ impl GraphBuilder {
         if let Some(v) = self.int_constants.get(values) {
             return v.clone();
         }
-        // Short ones are named by their values; long ones (index tensors) by their length only.
+        // Short ones are named by their values, long ones by their length only (a name should
+        // not carry a whole tensor).
         let hint = if values.len() <= 8 {
-            format!(
-                "const_i64[{}]",
-                values
-                    .iter()
-                    .map(i64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            )
+            let listed: Vec<String> = values.iter().map(i64::to_string).collect();
+            format!("const_i64[{}]", listed.join(","))
         } else {
             format!("const_i64_x{}", values.len())
         };
-        let name = self.unique_global(&hint);
-        self.graph.initializer.push(TensorProto {
-            dims: vec![values.len() as i64],
-            data_type: DataType::Int64 as i32,
-            name: name.clone(),
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        });
-        let v = Value(name);
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let v = self.int_initializer(&hint, &[values.len()], DataType::Int64, bytes);
         self.int_constants.insert(values.to_vec(), v.clone());
         v
     }
@@ -200,26 +189,34 @@ impl GraphBuilder {
         if let Some(v) = self.index_constants.get(values) {
             return v.clone();
         }
-        let name = self.unique_global(&format!("indices_x{}", values.len()));
-        self.graph.initializer.push(TensorProto {
-            dims: vec![values.len() as i64],
-            data_type: DataType::Int32 as i32,
-            name: name.clone(),
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        });
-        let v = Value(name);
+        let hint = format!("indices_x{}", values.len());
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let v = self.int_initializer(&hint, &[values.len()], DataType::Int32, bytes);
         self.index_constants.insert(values.to_vec(), v.clone());
         v
     }
 
     /// A 0-D int64 constant (e.g. CumSum's axis).
     pub fn int_scalar(&mut self, value: i64) -> Value {
-        let name = self.unique_global(&format!("const_i64_scalar_{value}"));
+        let hint = format!("const_i64_scalar_{value}");
+        self.int_initializer(&hint, &[], DataType::Int64, value.to_le_bytes().to_vec())
+    }
+
+    /// Adds an integer initializer of shape `dims` from little-endian `raw_data`, named (outside
+    /// any scope) after `hint`.
+    fn int_initializer(
+        &mut self,
+        hint: &str,
+        dims: &[usize],
+        data_type: DataType,
+        raw_data: Vec<u8>,
+    ) -> Value {
+        let name = self.unique_global(hint);
         self.graph.initializer.push(TensorProto {
-            dims: vec![],
-            data_type: DataType::Int64 as i32,
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: data_type as i32,
             name: name.clone(),
-            raw_data: value.to_le_bytes().to_vec(),
+            raw_data,
         });
         Value(name)
     }
