@@ -66,6 +66,15 @@ pub const fn scan_runs_on_gpu() -> bool {
     cfg!(feature = "cuda")
 }
 
+/// Where this build runs the scan, in words (for reports).
+pub const fn scan_placement() -> &'static str {
+    if scan_runs_on_gpu() {
+        "scan on the GPU"
+    } else {
+        "scan on the CPU: gm-runtime built without its `cuda` feature"
+    }
+}
+
 /// How the CUDA backend runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CudaOptions {

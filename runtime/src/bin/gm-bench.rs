@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use gm_runtime::backend::ort::{self as ort_backend, OrtBackend};
-use gm_runtime::backend::ort_cuda::{CudaOptions, OrtCudaBackend};
+use gm_runtime::backend::ort_cuda::{self, CudaOptions, OrtCudaBackend};
 use gm_runtime::backend::tract::TractBackend;
 use gm_runtime::backend::{Backend, HostTensor};
 
@@ -168,16 +168,14 @@ fn run() -> Result<()> {
                     cuda_graph: args.cuda_graph,
                 };
                 let backend = OrtCudaBackend::load(rt, &args.model, args.gpu, options)?;
-                let scan = if gm_runtime::backend::ort_cuda::scan_runs_on_gpu() {
-                    "scan on the GPU"
-                } else {
-                    "scan on the CPU (built without the cuda feature)"
-                };
                 let graph = if args.cuda_graph { ", CUDA graph" } else { "" };
-                (
-                    Box::new(backend),
-                    format!("{}, CUDA EP on GPU {}, {scan}{graph}", rt.describe(), args.gpu),
-                )
+                let detail = format!(
+                    "{}, CUDA EP on GPU {}, {}{graph}",
+                    rt.describe(),
+                    args.gpu,
+                    ort_cuda::scan_placement()
+                );
+                (Box::new(backend), detail)
             }
         };
         let load_s = started.elapsed().as_secs_f64();

@@ -180,14 +180,10 @@ fn open(
                     rt.library.path.display()
                 )));
             }
-            let scan = if ort_cuda::scan_runs_on_gpu() {
-                "scan on the GPU"
-            } else {
-                "scan on the CPU: gm-runtime built without its `cuda` feature"
-            };
             let desc = format!(
-                "ONNX Runtime {}, CUDA EP on GPU {device_id}, {scan}",
-                rt.library.version
+                "ONNX Runtime {}, CUDA EP on GPU {device_id}, {}",
+                rt.library.version,
+                ort_cuda::scan_placement()
             );
             OrtCudaBackend::load(rt, model, device_id, Default::default())
                 .map(|b| (Box::new(b) as Box<dyn Backend>, Some(desc)))
