@@ -7,9 +7,10 @@ time, node placement, agreement with the custom-op export, batch-1 latency and b
         --model function-without-library=tiny-function.onnx --model function-with-library=tiny-function.onnx:lib \
         --out scan-modes.json
 
-`NAME=PATH[:lib]`: `:lib` registers our custom-op library (built with --features cuda) in that session;
-without it the session has no library (a portable export needs none; a function export then runs its
-body). The first model is the baseline of the ratios. Timing as scripts/gpu/bench_ort.py: input and
+`NAME=PATH[:lib][:KEY=VALUE...]`: `:lib` registers our custom-op library (built with --features cuda) in
+that session; without it the session has no library (a portable export needs none; a function export
+then runs its body). Each `:KEY=VALUE` is a CUDA execution provider option of that model's sessions (e.g.
+`:prefer_nhwc=1`), recorded in its entry. The first model is the baseline of the ratios. Timing as scripts/gpu/bench_ort.py: input and
 output bound once in GPU memory (I/O binding), warm-up excluded, median and p99 of synchronous runs.
 Placement: the share of nodes ONNX Runtime assigned to the CUDA EP (ORT's profiler), and whether a
 session with `session.disable_cpu_ep_fallback=1` is accepted.
@@ -26,14 +27,14 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 
-def runner(provider, library):
-    return bench_ort.Runner(argparse.Namespace(provider=provider, library=library))
+def runner(provider, library, ep_options):
+    return bench_ort.Runner(argparse.Namespace(provider=provider, library=library, ep_option=ep_options))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--library", required=True, help="libgroupmamba_ops.so built with --features cuda")
-    ap.add_argument("--model", action="append", required=True, metavar="NAME=PATH[:lib]")
+    ap.add_argument("--model", action="append", required=True, metavar="NAME=PATH[:lib][:KEY=VALUE...]")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batches", default="1,128")
     ap.add_argument("--provider", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run without a GPU")
@@ -51,11 +52,17 @@ def main():
     baseline = None
     for spec in args.model:
         name, rest = spec.split("=", 1)
-        path, _, flag = rest.partition(":")
-        library = args.library if flag == "lib" else None
+        path, *flags = rest.split(":")
+        unknown = [f for f in flags if f != "lib" and "=" not in f]
+        if unknown:
+            sys.exit(f"--model {spec}: unknown flag(s) {unknown} (expected lib or KEY=VALUE)")
+        library = args.library if "lib" in flags else None
+        ep_options = [f for f in flags if "=" in f]
         entry = {"name": name, "path": os.path.basename(path), "library_registered": bool(library),
                  "file_mb": round(os.path.getsize(path) / 2**20, 2)}
-        r = runner(args.provider, library)
+        if ep_options:
+            entry["ep_options"] = dict(kv.split("=", 1) for kv in ep_options)
+        r = runner(args.provider, library, ep_options)
         t = time.perf_counter()
         try:
             s = r.session(path)
@@ -94,16 +101,17 @@ def main():
                     if "median_ms" in b and "median_ms" in bb}
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
+    base_name = base["name"] if base else "(no baseline)"
     for m in report["models"]:
         if "bench" in m:
             print(f"{m['name']:>26}: load {m['load_s']:.2f} s, " + ", ".join(
                 f"batch {b['batch']} {b['median_ms']:.2f} ms ({b['img_per_s']:.0f} img/s)" for b in m["bench"]),
-                m.get("latency_over_" + base["name"], ""), flush=True)
+                m.get("latency_over_" + base_name, ""), flush=True)
             if "bench_cuda_graph" in m:
                 print(f"{'(CUDA graph)':>26}: " + ", ".join(
                     f"batch {b['batch']} {b['median_ms']:.2f} ms ({b['img_per_s']:.0f} img/s)" if "median_ms" in b
                     else f"batch {b['batch']}: {b['error'][:120]}" for b in m["bench_cuda_graph"]),
-                    m.get("cuda_graph_latency_over_" + base["name"], ""), flush=True)
+                    m.get("cuda_graph_latency_over_" + base_name, ""), flush=True)
         else:
             print(f"{m['name']:>26}: {m.get('error')}", flush=True)
 

@@ -6,7 +6,8 @@
 # bin/libgroupmamba_ops.so (cargo build --release -p gm-ort-library --features cuda). Run from the repository root.
 # Env: PRECISIONS (default "fp32 fp16"); CHUNKS, the portable chunk lengths to compare (default 16; the
 # first is also the function body's); FUNCTION=0 leaves the function export out; CUDA_GRAPH=1 also times
-# every model with ORT's CUDA graphs (bench_scan_modes.py --cuda-graph).
+# every model with ORT's CUDA graphs (bench_scan_modes.py --cuda-graph); CUSTOM_EP_OPTIONS, e.g.
+# "prefer_nhwc=1 fuse_conv_bias=1", adds the custom export once more per option, run with that CUDA EP option.
 set -uo pipefail
 OUT=${OUT:-/tmp/gm-modes}
 GM=${GM:-.gpu-stage/gpubench}
@@ -15,6 +16,10 @@ PRECISIONS=${PRECISIONS:-fp32 fp16}
 CHUNKS=${CHUNKS:-16}
 FUNCTION=${FUNCTION:-1}
 CUDA_GRAPH=${CUDA_GRAPH:-0}
+CUSTOM_EP_OPTIONS=${CUSTOM_EP_OPTIONS:-}
+# PORTABLE_BEFORE: another gm-export binary (e.g. main before a change); its portable export (first chunk
+# length) is added as portable-before, for an A/B in the same run.
+PORTABLE_BEFORE=${PORTABLE_BEFORE:-}
 W=/tmp/gm-modes-work
 mkdir -p "$OUT" "$W"
 export PYTHONUNBUFFERED=1
@@ -23,11 +28,18 @@ rc=0
 for p in $PRECISIONS; do
   "$GM/gm-export" --variant tiny --precision $p --out "$W/custom-$p.onnx" 2>&1 | tail -1
   models=(--model "custom=$W/custom-$p.onnx:lib")
+  for o in $CUSTOM_EP_OPTIONS; do
+    models+=(--model "custom-${o%%=*}=$W/custom-$p.onnx:lib:$o")
+  done
   for c in $CHUNKS; do
     "$GM/gm-export" --variant tiny --precision $p --scan portable --scan-chunk "$c" --out "$W/portable-$c-$p.onnx" 2>&1 | tail -1
     name=portable; [ "$c" = "$first_chunk" ] || name=portable-chunk$c
     models+=(--model "$name=$W/portable-$c-$p.onnx")
   done
+  if [ -n "$PORTABLE_BEFORE" ]; then
+    "$PORTABLE_BEFORE" --variant tiny --precision $p --scan portable --scan-chunk "$first_chunk" --out "$W/portable-before-$p.onnx" 2>&1 | tail -1
+    models+=(--model "portable-before=$W/portable-before-$p.onnx")
+  fi
   if [ "$FUNCTION" = 1 ]; then
     "$GM/gm-export" --variant tiny --precision $p --scan function --scan-chunk "$first_chunk" --out "$W/function-$p.onnx" 2>&1 | tail -1
     models+=(--model "function-without-library=$W/function-$p.onnx" --model "function-with-library=$W/function-$p.onnx:lib")

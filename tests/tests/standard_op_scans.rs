@@ -382,15 +382,21 @@ fn odd_portable_cases(local: Local) -> Vec<Case> {
     [
         // The ClassBlock's L = 1, every direction.
         case(2, 8, 4, (1, 1), &[0, 1, 2, 3], 16),
-        // L = 35 with chunk 4: padded at every level (35 → 9 → 3 chunks).
+        // L = 35 with chunk 4: no divisor fits, padded (9 chunks of 4), then 3 chunks of 3.
         case(2, 8, 4, (5, 7), &[0, 1, 2, 3], 4),
+        // Tiny's stage shapes, chunks that divide the levels (no padding): 14×14 = 14 chunks of
+        // 14; 28×28 = 49 chunks of 16, then 7 of 7; 7×7 = 7 chunks of 7.
+        case(1, 8, 4, (14, 14), &[0, 1, 2, 3], 16),
+        case(2, 4, 4, (28, 28), &[1, 0, 3, 2], 16),
+        case(1, 8, 4, (7, 7), &[2, 3, 0, 1], 16),
         // G = 2, repeated reversed column-major directions, one row (the transpose is a no-op).
         case(1, 6, 2, (1, 16), &[3, 3], 16),
         // One column, G = 3, a direction of each kind but column-major reversed.
         case(1, 3, 3, (13, 1), &[1, 2, 0], 16),
         // Non-square map with every direction: the transposes must swap H and W correctly.
         case(1, 8, 4, (6, 11), &[0, 1, 2, 3], 4),
-        // L = 37·111 = 4107 > 16³ with chunk 16: three levels (257, 17, 2 chunks), padded.
+        // L = 37·111 = 4107 > 16³ with chunk 16: three levels (257, 17, 2 chunks), padded; the
+        // middle levels hand entering states down (shifted).
         case(1, 4, 4, (37, 111), &[3, 2, 1, 0], 16),
         underflow,
     ]

@@ -62,6 +62,15 @@ impl<'w> Emitter<'w> {
         }
     }
 
+    /// Runs `f` with constants and scalars emitted as `float` (e.g. the float32 arithmetic of
+    /// the portable scan inside an FP16 model).
+    pub fn with_float<T>(&mut self, float: FloatType, f: impl FnOnce(&mut Self) -> T) -> T {
+        let model = std::mem::replace(&mut self.float, float);
+        let out = f(self);
+        self.float = model;
+        out
+    }
+
     /// Runs `f` inside the official module `name` (weights and graph names both get the path).
     pub fn scoped<T>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> T) -> T {
         self.prefix.push(name.to_string());

@@ -34,7 +34,9 @@
 
 use gm_ops::spec::{DOMAIN, OP_TYPE};
 
-use super::portable_scan::{closed_form, pad_end, softplus, ChunkLevel, Local};
+use super::portable_scan::{
+    closed_form, pad_end, shift_right, softplus, ChunkLevel, Local, States,
+};
 use crate::onnx::proto::{DataType, FunctionProto};
 use crate::onnx::{Attr, FunctionBuilder, OpSink, Value};
 
@@ -106,7 +108,15 @@ pub fn selective_scan_function(chunk: usize, onnx_opset: i64) -> FunctionProto {
     let forward = index(&mut f, &order);
     let log_a = f.op("GatherElements", &[&log_a, &forward], &along_sequence);
     let input = f.op("GatherElements", &[&input, &forward], &along_sequence);
-    let states = scan(&mut f, &log_a, &input, chunk, LEVELS, Local::Unrolled);
+    let states = scan(
+        &mut f,
+        &log_a,
+        &input,
+        chunk,
+        LEVELS,
+        Local::Unrolled,
+        States::After,
+    );
     let backward = index(&mut f, &inverse);
     let states = f.op("GatherElements", &[&states, &backward], &along_sequence);
 
@@ -189,8 +199,8 @@ fn visiting_orders(
 }
 
 /// States of h_t = exp(log_a_t)·h_{t−1} + b_t, h_{−1} = 0, along the last axis (length known
-/// only at run time) of rank-4 tensors: `levels` levels of chunks of `chunk` steps, then the
-/// closed form over everything left.
+/// only at run time) of rank-4 tensors, as `states` asks: `levels` levels of chunks of `chunk`
+/// steps, then the closed form over everything left.
 fn scan(
     f: &mut FunctionBuilder,
     log_a: &Value,
@@ -198,10 +208,11 @@ fn scan(
     chunk: usize,
     levels: usize,
     local: Local,
+    states: States,
 ) -> Value {
     if levels == 0 {
         let mask = runtime_causal_mask(f, log_a);
-        return closed_form(f, log_a, b, &mask).solution;
+        return closed_form(f, log_a, b, &mask, states);
     }
     let t = chunk as i64;
     let len = f.op("Shape", &[log_a], &[("start", Attr::Int(3))]);
@@ -217,18 +228,24 @@ fn scan(
     let (log_a, b) = pad_end(f, log_a, b, &pads);
 
     let level = ChunkLevel::solve(f, &log_a, &b, chunk, local);
-    let ends = scan(
+    let entering = scan(
         f,
         &level.chunk_log_a,
         &level.chunk_b,
         chunk,
         levels - 1,
         Local::ClosedForm,
+        States::Before,
     );
-    let states = level.carry(f, &ends);
-    let starts = f.ints(&[0]);
-    let axes = f.ints(&[3]);
-    f.op("Slice", &[&states, &starts, &len, &axes], &[])
+    let h = level.carry(f, &entering);
+    match states {
+        States::Before => shift_right(f, &h, &len),
+        States::After => {
+            let starts = f.ints(&[0]);
+            let axes = f.ints(&[3]);
+            f.op("Slice", &[&h, &starts, &len, &axes], &[])
+        }
+    }
 }
 
 /// K×K (K = the last axis of `x`): 0 on and below the diagonal, −∞ above.

@@ -124,32 +124,37 @@ impl GroupMambaLayer {
             ],
         );
         let u = e.silu(&u);
+        let ug = e.reshape(&u, &[0, g, di, l]);
 
         // x_proj → (dt, B, C) rows, then the low-rank dt projection, per group, per position.
-        let ug = e.reshape(&u, &[0, g, di, l]);
-        // The portable scan works on each group's sequence in visiting order. The projections
-        // are per position, so u is moved into that order before them: dt, B and C come out in
-        // it, and only u and y are reordered (in the model's element type).
-        let ug = match e.scan {
+        // The portable scan works on each group's sequence in visiting order, in float32. The
+        // projections are per position, so u is moved into that order and widened before them
+        // and they run in float32: dt, B and C come out in the scan's order and type, and only
+        // u and y are reordered (in the model's element type) and cast.
+        let (ug, proj_float) = match e.scan {
             ScanMode::Portable { .. } => {
-                portable_scan::reorder(e, &ug, &DIRECTIONS, d, (h, w), Reorder::Visiting)
+                let ug = portable_scan::reorder(e, &ug, &DIRECTIONS, d, (h, w), Reorder::Visiting);
+                (portable_scan::widen(e, &ug), FloatType::F32)
             }
-            ScanMode::CustomOp | ScanMode::Function { .. } => ug,
+            ScanMode::CustomOp | ScanMode::Function { .. } => (ug, e.float),
         };
-        let w_x = stack(e, "x_proj_weight", |e, k| {
-            group(e, k, |e| squeeze0(e.tensor("x_proj_weight")))
+        let (delta, b_rows, c_rows) = e.with_float(proj_float, |e| {
+            let w_x = stack(e, "x_proj_weight", |e, k| {
+                group(e, k, |e| squeeze0(e.tensor("x_proj_weight")))
+            });
+            let x_dbl = e.g.op("MatMul", &[&w_x, &ug], &[]);
+            let split = e.g.ints(&[ri, 1, 1]);
+            let mut rows =
+                e.g.node("", "Split", &[&x_dbl, &split], 3, &[("axis", Attr::Int(2))]);
+            let c_rows = rows.pop().unwrap();
+            let b_rows = rows.pop().unwrap();
+            let dts = rows.pop().unwrap();
+            let w_dt = stack(e, "dt_projs_weight", |e, k| {
+                group(e, k, |e| squeeze0(e.tensor("dt_projs_weight")))
+            });
+            let delta = e.g.op("MatMul", &[&w_dt, &dts], &[]);
+            (delta, b_rows, c_rows)
         });
-        let x_dbl = e.g.op("MatMul", &[&w_x, &ug], &[]);
-        let split = e.g.ints(&[ri, 1, 1]);
-        let mut rows =
-            e.g.node("", "Split", &[&x_dbl, &split], 3, &[("axis", Attr::Int(2))]);
-        let c_rows = rows.pop().unwrap();
-        let b_rows = rows.pop().unwrap();
-        let dts = rows.pop().unwrap();
-        let w_dt = stack(e, "dt_projs_weight", |e, k| {
-            group(e, k, |e| squeeze0(e.tensor("dt_projs_weight")))
-        });
-        let delta = e.g.op("MatMul", &[&w_dt, &dts], &[]);
 
         let a = concat(e, |e, k| {
             group(e, k, |e| {
@@ -201,6 +206,7 @@ impl GroupMambaLayer {
                     delta_bias: &dt_bias,
                 };
                 let y = portable_scan::emit_visiting(e, inputs, d, h * w, chunk, Local::Unrolled);
+                let y = portable_scan::narrow(e, &y);
                 portable_scan::reorder(e, &y, &DIRECTIONS, d, (h, w), Reorder::RowMajorChannelsLast)
             }
         };

@@ -14,12 +14,15 @@
 //! per element, for a handful of nodes. (Unrolling every level made ONNX Runtime no faster on CPU
 //! and tract's model preparation 1.4× slower.) The incoming states are themselves a scalar linear
 //! recurrence over chunks (a = exp(S_{T−1}), b = the chunk's final local state), solved by the
-//! same construction one level up, until one chunk remains. Every factor is an a_t = exp(ℓ_t) ≤ 1,
+//! same construction one level up, until one chunk remains; each level hands the level below the
+//! states *entering* its chunks (the top level's closed form gives them directly, with an
+//! exclusive sum). Chunk lengths divide their level where they can ([`chunk_length`]: tiny's
+//! 196 = 14 chunks of 14, 49 = 7 of 7), so no padding steps are computed. Every factor is an a_t = exp(ℓ_t) ≤ 1,
 //! an exp(S_i) ≤ 1 of a cumulative sum inside one chunk, or an exp(S_i − S_j) ≤ 1 (the upper
 //! triangle is masked with −∞ before `Exp`), so nothing overflows whatever the sequence length —
 //! unlike exp of a global cumulative sum. Shapes are static (per export size), no `Loop`/`Scan`.
-//! As in the op, everything is float32 (an FP16 export casts the scan's inputs up and its output
-//! down).
+//! As in the op, everything is float32 (in an FP16 export the layer widens u once and runs the
+//! projections that make Δ, B and C in float32; y is narrowed once).
 //!
 //! Scan directions are per-group reorderings of the sequence axis into visiting order, undone
 //! after the scan. Each reorder is one `Gather` over the flattened (G, d, L) axes with a constant
@@ -60,9 +63,11 @@ pub struct PortableScanInputs<'a> {
 }
 
 /// Emits the scans of `groups` groups of `width` channels over an `h` × `w` map; returns y as
-/// (B, G, d, L) in row-major spatial order. Inputs in row-major order: they are moved into each
-/// group's visiting order, scanned by [`emit_visiting`], and y is moved back. (The layer moves its
-/// map before the per-position projections instead, so that only u and y are reordered.)
+/// (B, G, d, L) in row-major spatial order and the model's element type. Inputs in row-major order
+/// and the model's element type: they are moved into each group's visiting order (in that type),
+/// widened to float32, scanned by [`emit_visiting`], and y is narrowed and moved back. (The layer
+/// moves its map before the per-position projections instead, so that only u and y are reordered,
+/// and runs those projections in float32, so that only u is widened.)
 pub fn emit(
     e: &mut Emitter,
     inputs: PortableScanInputs<'_>,
@@ -73,7 +78,8 @@ pub fn emit(
     local: Local,
 ) -> Value {
     let visit = |e: &mut Emitter, x: &Value, width| {
-        reorder(e, x, directions, width, (h, w), Reorder::Visiting)
+        let x = reorder(e, x, directions, width, (h, w), Reorder::Visiting);
+        widen(e, &x)
     };
     let (u, delta) = (visit(e, inputs.u, width), visit(e, inputs.delta, width));
     let (b_rows, c_rows) = (visit(e, inputs.b_rows, 1), visit(e, inputs.c_rows, 1));
@@ -85,12 +91,15 @@ pub fn emit(
         ..inputs
     };
     let y = emit_visiting(e, visiting, width, h * w, chunk, local);
+    let y = narrow(e, &y);
     reorder(e, &y, directions, width, (h, w), Reorder::RowMajor)
 }
 
 /// The scans of sequences already in visiting order (every input's last axis, of length `len`,
-/// is the step index); returns y (B, G, d, len) in the same order and the model's element type.
-/// `local` solves the chunks of the full-length level (the levels above use the closed form).
+/// is the step index). Inputs and y (B, G, d, len) are float32 whatever the model's element type:
+/// as in the op, the state and all arithmetic are float32 and y is rounded once, by the caller
+/// ([`narrow`]). `local` solves the chunks of the full-length level (the levels above use the
+/// closed form).
 pub fn emit_visiting(
     e: &mut Emitter,
     inputs: PortableScanInputs<'_>,
@@ -99,43 +108,42 @@ pub fn emit_visiting(
     chunk: usize,
     local: Local,
 ) -> Value {
-    // The scan runs in float32 whatever the model's element type (as the op does: state and
-    // arithmetic f32, y rounded once): FP16 inputs are widened here and y narrowed at the end.
-    let model_float = e.float;
-    let widen = |e: &mut Emitter, v: &Value| match model_float {
-        FloatType::F32 => v.clone(),
+    e.with_float(FloatType::F32, |e| {
+        let groups = inputs.a.numel() / width;
+        let per_channel = |t: &Tensor| Tensor::new(vec![groups, width, 1], t.data.clone());
+        let a = e.constant("A", &per_channel(inputs.a));
+        let d = e.constant("D", &per_channel(inputs.d));
+        let bias = e.constant("delta_bias", &per_channel(inputs.delta_bias));
+
+        let x = e.add(inputs.delta, &bias);
+        let dt = softplus(e, &x);
+        let log_a = e.mul(&dt, &a);
+        let b = e.mul(&dt, inputs.b_rows);
+        let b = e.mul(&b, inputs.u);
+        let states = chunked(e, &log_a, &b, len, chunk, local, States::After);
+        let y = e.mul(inputs.c_rows, &states);
+        let skip = e.mul(&d, inputs.u);
+        e.add(&y, &skip)
+    })
+}
+
+/// `x` in float32, the scan's arithmetic type: a `Cast` in an FP16 model, `x` itself in FP32.
+pub fn widen(e: &mut Emitter, x: &Value) -> Value {
+    match e.float {
+        FloatType::F32 => x.clone(),
         FloatType::F16 => {
-            e.g.op("Cast", &[v], &[("to", Attr::Int(DataType::Float as i64))])
+            e.g.op("Cast", &[x], &[("to", Attr::Int(DataType::Float as i64))])
         }
-    };
-    let (u, delta) = (widen(e, inputs.u), widen(e, inputs.delta));
-    let (b_rows, c_rows) = (widen(e, inputs.b_rows), widen(e, inputs.c_rows));
-    e.float = FloatType::F32;
+    }
+}
 
-    let groups = inputs.a.numel() / width;
-    let per_channel = |t: &Tensor| Tensor::new(vec![groups, width, 1], t.data.clone());
-    let a = e.constant("A", &per_channel(inputs.a));
-    let d = e.constant("D", &per_channel(inputs.d));
-    let bias = e.constant("delta_bias", &per_channel(inputs.delta_bias));
-
-    let x = e.add(&delta, &bias);
-    let dt = softplus(e, &x);
-    let log_a = e.mul(&dt, &a);
-    let b = e.mul(&dt, &b_rows);
-    let b = e.mul(&b, &u);
-    let states = chunked(e, &log_a, &b, len, chunk, local);
-    let y = e.mul(&c_rows, &states);
-    let skip = e.mul(&d, &u);
-    let y = e.add(&y, &skip);
-
-    e.float = model_float;
-    match model_float {
-        FloatType::F32 => y,
-        FloatType::F16 => e.g.op(
-            "Cast",
-            &[&y],
-            &[("to", Attr::Int(DataType::Float16 as i64))],
-        ),
+/// Float32 `x` in the model's element type: y's one rounding in an FP16 model.
+pub fn narrow(e: &mut Emitter, x: &Value) -> Value {
+    match e.float {
+        FloatType::F32 => x.clone(),
+        FloatType::F16 => {
+            e.g.op("Cast", &[x], &[("to", Attr::Int(DataType::Float16 as i64))])
+        }
     }
 }
 
@@ -224,9 +232,10 @@ fn gather_flat(e: &mut Emitter, x: &Value, index: Vec<i32>, shape: &[i64]) -> Va
     e.reshape(&gathered, shape)
 }
 
-/// States h of the recurrence h_t = exp(log_a_t)·h_{t−1} + b_t, h_{−1} = 0, along the last axis
-/// of length `n` (known at export) of rank-4 tensors (B, G, d, n); `local` solves the chunks of
-/// this level, the levels above (n/T steps and fewer) use the closed form.
+/// States of the recurrence h_t = exp(log_a_t)·h_{t−1} + b_t, h_{−1} = 0, along the last axis
+/// of length `n` (known at export) of rank-4 tensors (B, G, d, n), as `states` asks; `local`
+/// solves the chunks of this level, the levels above (n/T steps and fewer) use the closed form.
+/// Chunks are at most `chunk` steps, of the length [`chunk_length`] picks.
 fn chunked<S: OpSink>(
     s: &mut S,
     log_a: &Value,
@@ -234,41 +243,91 @@ fn chunked<S: OpSink>(
     n: usize,
     chunk: usize,
     local: Local,
+    states: States,
 ) -> Value {
     if n <= chunk {
         return match local {
-            Local::Unrolled => unrolled(s, log_a, b, n),
+            Local::Unrolled => {
+                let h = unrolled(s, log_a, b, n).states;
+                match states {
+                    States::After => h,
+                    States::Before => {
+                        let stop = s.ints(&[n as i64]);
+                        shift_right(s, &h, &stop)
+                    }
+                }
+            }
             Local::ClosedForm => {
                 let mask = s.float_tensor(&format!("causal_mask_{n}"), &causal_mask(n));
-                closed_form(s, log_a, b, &mask).solution
+                closed_form(s, log_a, b, &mask, states)
             }
         };
     }
-    let k = n.div_ceil(chunk);
-    let padded = k * chunk;
+    let t = chunk_length(n, chunk);
+    let k = n.div_ceil(t);
+    let padded = k * t;
     let (log_a, b) = if padded > n {
         let pads = s.ints(&[0, 0, 0, 0, 0, 0, 0, (padded - n) as i64]);
         pad_end(s, log_a, b, &pads)
     } else {
         (log_a.clone(), b.clone())
     };
-    let level = ChunkLevel::solve(s, &log_a, &b, chunk, local);
-    let ends = chunked(
+    let level = ChunkLevel::solve(s, &log_a, &b, t, local);
+    let entering = chunked(
         s,
         &level.chunk_log_a,
         &level.chunk_b,
         k,
         chunk,
         Local::ClosedForm,
+        States::Before,
     );
-    let states = level.carry(s, &ends);
-    if padded == n {
-        return states;
+    let h = level.carry(s, &entering);
+    if states == States::After && padded == n {
+        return h;
     }
-    let starts = s.ints(&[0]);
     let stop = s.ints(&[n as i64]);
+    match states {
+        States::Before => shift_right(s, &h, &stop),
+        States::After => {
+            let starts = s.ints(&[0]);
+            let axes = s.ints(&[3]);
+            s.op("Slice", &[&h, &starts, &stop, &axes], &[])
+        }
+    }
+}
+
+/// The chunk length for a level of `n` > `max` steps, at most `max`: the longest that divides
+/// `n` and leaves at most `max` chunks (the level above is then the last), else the longest
+/// divisor of at least `max`/2, else `max` itself (n padded to a multiple of it). Divisors
+/// spare the padding steps and the `Pad`/`Slice` pair: with `max` = 16, 196 steps (14×14)
+/// become 14 chunks of 14, 49 steps 7 chunks of 7.
+pub(super) fn chunk_length(n: usize, max: usize) -> usize {
+    let divisors = || (1..=max).rev().filter(move |t| n.is_multiple_of(*t));
+    divisors()
+        .find(|t| n / t <= max)
+        .or_else(|| divisors().find(|&t| 2 * t >= max))
+        .unwrap_or(max)
+}
+
+/// Which states a scan returns.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum States {
+    /// h_i, the state after step i: the scan's result.
+    After,
+    /// h_{i−1}, the state entering step i (zero for the first): what the level below carries
+    /// into its chunks.
+    Before,
+}
+
+/// States entering each step from the states after it, `h` (B, G, d, ≥ n) along its last axis:
+/// a zero in front, then h_0 … h_{n−2} (`stop` = [n]).
+pub(super) fn shift_right<S: OpSink>(s: &mut S, h: &Value, stop: &Value) -> Value {
+    let pads = s.ints(&[0, 0, 0, 1, 0, 0, 0, 0]);
+    let shifted = s.op("Pad", &[h, &pads], &[]);
+    let starts = s.ints(&[0]);
     let axes = s.ints(&[3]);
-    s.op("Slice", &[&states, &starts, &stop, &axes], &[])
+    s.op("Slice", &[&shifted, &starts, stop, &axes], &[])
 }
 
 // ---- building blocks shared with the model-local function's body (`function_scan`) ------------
@@ -321,25 +380,27 @@ impl ChunkLevel {
         let t_i = t as i64;
         let log_a = s.reshape_to(log_a, &[0, 0, 0, -1, t_i]);
         let b = s.reshape_to(b, &[0, 0, 0, -1, t_i]);
-        let (solution, cumsum) = match local {
+        let axis = s.int_scalar(-1);
+        let cumsum = s.op("CumSum", &[&log_a, &axis], &[]);
+        let last_step = s.int_scalar(t_i - 1);
+        let last_of =
+            |s: &mut S, x: &Value| s.op("Gather", &[x, &last_step], &[("axis", Attr::Int(4))]);
+        let (solution, chunk_b) = match local {
             Local::Unrolled => {
-                let axis = s.int_scalar(-1);
-                let cumsum = s.op("CumSum", &[&log_a, &axis], &[]);
-                (unrolled(s, &log_a, &b, t), cumsum)
+                // The last step's state is one of the unrolled results already.
+                let u = unrolled(s, &log_a, &b, t);
+                let last_axis = s.ints(&[-1]);
+                let chunk_b = s.op("Squeeze", &[&u.last, &last_axis], &[]);
+                (u.states, chunk_b)
             }
             Local::ClosedForm => {
                 let mask = s.float_tensor(&format!("causal_mask_{t}"), &causal_mask(t));
-                let c = closed_form(s, &log_a, &b, &mask);
-                (c.solution, c.cumsum)
+                let solution = closed_form(s, &log_a, &b, &mask, States::After);
+                let chunk_b = last_of(s, &solution);
+                (solution, chunk_b)
             }
         };
-        let last_step = s.int_scalar(t_i - 1);
-        let chunk_log_a = s.op("Gather", &[&cumsum, &last_step], &[("axis", Attr::Int(4))]);
-        let chunk_b = s.op(
-            "Gather",
-            &[&solution, &last_step],
-            &[("axis", Attr::Int(4))],
-        );
+        let chunk_log_a = last_of(s, &cumsum);
         Self {
             local: solution,
             cumsum,
@@ -348,21 +409,14 @@ impl ChunkLevel {
         }
     }
 
-    /// The states (B, G, d, K·T), given the chunk end states `ends` (B, G, d, K): the state
-    /// entering chunk k is the end state of chunk k − 1 (zero for the first), decayed by
-    /// exp(S_i) inside the chunk.
-    pub(super) fn carry<S: OpSink>(&self, s: &mut S, ends: &Value) -> Value {
-        // Shift right by one along K: pad a zero in front, drop the last (no empty tensors).
-        let pads = s.ints(&[0, 0, 0, 1, 0, 0, 0, 0]);
-        let shifted = s.op("Pad", &[ends, &pads], &[]);
-        let starts = s.ints(&[0]);
-        let stop = s.ints(&[-1]);
-        let axes = s.ints(&[3]);
-        let incoming = s.op("Slice", &[&shifted, &starts, &stop, &axes], &[]);
+    /// The states after each step (B, G, d, K·T), given the states entering each chunk,
+    /// `entering` (B, G, d, K) (the end state of the chunk before, zero for the first): each
+    /// chunk's own solution plus the entering state decayed by exp(S_i) inside the chunk.
+    pub(super) fn carry<S: OpSink>(&self, s: &mut S, entering: &Value) -> Value {
         let last_axis = s.ints(&[-1]);
-        let incoming = s.op("Unsqueeze", &[&incoming, &last_axis], &[]);
+        let entering = s.op("Unsqueeze", &[entering, &last_axis], &[]);
         let decay = s.op("Exp", &[&self.cumsum], &[]);
-        let carried = s.op("Mul", &[&decay, &incoming], &[]);
+        let carried = s.op("Mul", &[&decay, &entering], &[]);
         let states = s.op("Add", &[&self.local, &carried], &[]);
         s.reshape_to(&states, &[0, 0, 0, -1])
     }
@@ -383,12 +437,23 @@ pub enum Local {
     ClosedForm,
 }
 
+/// [`unrolled`]'s result.
+pub(super) struct Unrolled {
+    /// The states after each step, shaped as the inputs.
+    pub states: Value,
+    /// The last step's, with the last axis kept (length 1).
+    pub last: Value,
+}
+
 /// Zero-initial-state solution along the last axis, of static length `t`, step by step:
 /// h_0 = b_0, h_i = exp(log_a_i)·h_{i−1} + b_i, every slice of the other axes at once.
-pub(super) fn unrolled<S: OpSink>(s: &mut S, log_a: &Value, b: &Value, t: usize) -> Value {
+pub(super) fn unrolled<S: OpSink>(s: &mut S, log_a: &Value, b: &Value, t: usize) -> Unrolled {
     assert!(t >= 1, "a recurrence of no steps");
     if t == 1 {
-        return b.clone();
+        return Unrolled {
+            states: b.clone(),
+            last: b.clone(),
+        };
     }
     let a = s.op("Exp", &[log_a], &[]);
     let last_axis = [("axis", Attr::Int(-1))];
@@ -400,51 +465,61 @@ pub(super) fn unrolled<S: OpSink>(s: &mut S, log_a: &Value, b: &Value, t: usize)
         states.push(s.op("Add", &[&decayed, b_i], &[]));
     }
     let refs: Vec<&Value> = states.iter().collect();
-    s.op("Concat", &refs, &last_axis)
+    Unrolled {
+        states: s.op("Concat", &refs, &last_axis),
+        last: states.last().unwrap().clone(),
+    }
 }
 
-/// [`closed_form`]'s result.
-pub(super) struct ClosedForm {
-    /// The zero-initial-state solution, shaped as the inputs.
-    pub solution: Value,
-    /// The cumulative sums of log_a along the last axis.
-    pub cumsum: Value,
-}
-
-/// Zero-initial-state solution along the last axis in closed form:
-/// h_i = Σ_{j ≤ i} exp(S_i − S_j)·b_j with S the cumulative sums of log_a. `mask` is t×t: 0 on
-/// and below the diagonal, −∞ above; the model-local function builds it at run time for its top
-/// level, whose length is not static.
+/// Zero-initial-state states along the last axis in closed form:
+/// h_i = Σ_{j ≤ i} exp(S_i − S_j)·b_j with S the cumulative sums of log_a (`States::After`), or
+/// h_{i−1} = Σ_{j < i} exp(S_{i−1} − S_j)·b_j (`States::Before`: the top level hands the level
+/// below its entering states directly, no shift). `mask` is t×t: 0 on and below the diagonal,
+/// −∞ above; the model-local function builds it at run time for its top level, whose length is
+/// not static.
 ///
-/// Each exponent S_i − S_j is summed over its own segment (log_a_{j+1} + … + log_a_i: the row
-/// vector log_a masked to the steps after j, cumulatively summed), not subtracted from two
-/// cumulative sums: those may be large (strong decays earlier in the chunk) while their difference
-/// is small, and the subtraction would cancel most of its digits. The −∞ below the diagonal
-/// (after the sum, before `Exp`) keeps every exponent ≤ 0. With E[j][i] = exp(S_i − S_j), the
-/// solution is the row vector b times E.
+/// Each exponent is summed over its own segment (log_a_{j+1} + … + log_a_i, or … + log_a_{i−1}:
+/// the row vector log_a masked to the steps after j, cumulatively summed, inclusively or not), not
+/// subtracted from two cumulative sums: those may be large (strong decays earlier in the chunk)
+/// while their difference is small, and the subtraction would cancel most of its digits. −∞ where
+/// j does not contribute (after the sum, before `Exp`) keeps every exponent ≤ 0. With
+/// E[j][i] = exp(exponent), the result is the row vector b times E.
 pub(super) fn closed_form<S: OpSink>(
     s: &mut S,
     log_a: &Value,
     b: &Value,
     mask: &Value,
-) -> ClosedForm {
+    states: States,
+) -> Value {
     let axis = s.int_scalar(-1);
-    let cumsum = s.op("CumSum", &[log_a, &axis], &[]);
     let row_axis = s.ints(&[-2]);
     // [j][k] = log_a_k for k > j, else 0 (the −∞ entries of the mask are the steps after j) ...
     let after = s.op("IsInf", &[mask], &[]);
     let zero = s.float_scalar(0.0);
     let row = s.op("Unsqueeze", &[log_a, &row_axis], &[]);
     let segment = s.op("Where", &[&after, &row, &zero], &[]);
-    // ... summed: [j][i] = S_i − S_j for i ≥ j (0 for i < j, masked next).
-    let exponent = s.op("CumSum", &[&segment, &axis], &[]);
-    let before = s.op("Transpose", &[mask], &[("perm", Attr::Ints(vec![1, 0]))]);
-    let exponent = s.op("Add", &[&exponent, &before], &[]);
+    // ... summed up to i: [j][i] = S_i − S_j (After) or S_{i−1} − S_j (Before) where j
+    // contributes, −∞ where it does not (j > i, or j ≥ i).
+    let (exclusive, excluded) = match states {
+        States::After => (
+            0,
+            s.op("Transpose", &[mask], &[("perm", Attr::Ints(vec![1, 0]))]),
+        ),
+        States::Before => {
+            let minus_inf = s.float_scalar(f32::NEG_INFINITY);
+            (1, s.op("Where", &[&after, &zero, &minus_inf], &[]))
+        }
+    };
+    let exponent = s.op(
+        "CumSum",
+        &[&segment, &axis],
+        &[("exclusive", Attr::Int(exclusive))],
+    );
+    let exponent = s.op("Add", &[&exponent, &excluded], &[]);
     let decay = s.op("Exp", &[&exponent], &[]);
     let b = s.op("Unsqueeze", &[b, &row_axis], &[]);
     let h = s.op("MatMul", &[&b, &decay], &[]);
-    let solution = s.op("Squeeze", &[&h, &row_axis], &[]);
-    ClosedForm { solution, cumsum }
+    s.op("Squeeze", &[&h, &row_axis], &[])
 }
 
 /// T×T: 0 on and below the diagonal, −∞ above (exp → 0: no future step contributes).
@@ -468,6 +543,21 @@ mod tests {
     /// Applies a `reorder_index` to one batch item `x` (the Gather it becomes).
     fn gather(x: &[i32], index: &[i32]) -> Vec<i32> {
         index.iter().map(|&i| x[i as usize]).collect()
+    }
+
+    #[test]
+    fn chunk_lengths_divide_the_level_when_they_can() {
+        // One level above: 14×14 steps, 7×7, 100 = 10×10.
+        assert_eq!(chunk_length(196, 16), 14);
+        assert_eq!(chunk_length(49, 16), 7);
+        assert_eq!(chunk_length(100, 16), 10);
+        // More levels above: the longest divisor ≥ max/2 (3136 = 16·196, 450 = 15·30).
+        assert_eq!(chunk_length(3136, 16), 16);
+        assert_eq!(chunk_length(450, 16), 15);
+        // No such divisor (a prime, 2·17): padded to multiples of max.
+        assert_eq!(chunk_length(257, 16), 16);
+        assert_eq!(chunk_length(34, 16), 16);
+        assert_eq!(chunk_length(35, 4), 4);
     }
 
     #[test]
