@@ -35,7 +35,7 @@
 use gm_ops::spec::{DOMAIN, OP_TYPE};
 
 use super::portable_scan::{
-    closed_form, pad_end, shift_right, softplus, ChunkLevel, Local, States,
+    closed_form, first_states, pad_end, softplus, ChunkLevel, Local, States,
 };
 use crate::onnx::proto::{DataType, FunctionProto};
 use crate::onnx::{Attr, FunctionBuilder, OpSink, Value};
@@ -238,14 +238,7 @@ fn scan(
         States::Before,
     );
     let h = level.carry(f, &entering);
-    match states {
-        States::Before => shift_right(f, &h, &len),
-        States::After => {
-            let starts = f.ints(&[0]);
-            let axes = f.ints(&[3]);
-            f.op("Slice", &[&h, &starts, &len, &axes], &[])
-        }
-    }
+    first_states(f, &h, &len, states)
 }
 
 /// K×K (K = the last axis of `x`): 0 on and below the diagonal, −∞ above.

@@ -253,7 +253,7 @@ fn chunked<S: OpSink>(
                     States::After => h,
                     States::Before => {
                         let stop = s.ints(&[n as i64]);
-                        shift_right(s, &h, &stop)
+                        first_states(s, &h, &stop, states)
                     }
                 }
             }
@@ -287,14 +287,7 @@ fn chunked<S: OpSink>(
         return h;
     }
     let stop = s.ints(&[n as i64]);
-    match states {
-        States::Before => shift_right(s, &h, &stop),
-        States::After => {
-            let starts = s.ints(&[0]);
-            let axes = s.ints(&[3]);
-            s.op("Slice", &[&h, &starts, &stop, &axes], &[])
-        }
-    }
+    first_states(s, &h, &stop, states)
 }
 
 /// The chunk length for a level of `n` > `max` steps, at most `max`: the longest that divides
@@ -320,14 +313,20 @@ pub(super) enum States {
     Before,
 }
 
-/// States entering each step from the states after it, `h` (B, G, d, ≥ n) along its last axis:
-/// a zero in front, then h_0 … h_{n−2} (`stop` = [n]).
-pub(super) fn shift_right<S: OpSink>(s: &mut S, h: &Value, stop: &Value) -> Value {
-    let pads = s.ints(&[0, 0, 0, 1, 0, 0, 0, 0]);
-    let shifted = s.op("Pad", &[h, &pads], &[]);
+/// The first n states of the level (`stop` = [n]) as `states` asks, from the states after each
+/// step `h` (B, G, d, ≥ n; a padded level is longer): h_0 … h_{n−1} (`After`), or the states
+/// entering each step, a zero in front of h_0 … h_{n−2} (`Before`).
+pub(super) fn first_states<S: OpSink>(s: &mut S, h: &Value, stop: &Value, states: States) -> Value {
+    let h = match states {
+        States::After => h.clone(),
+        States::Before => {
+            let pads = s.ints(&[0, 0, 0, 1, 0, 0, 0, 0]);
+            s.op("Pad", &[h, &pads], &[])
+        }
+    };
     let starts = s.ints(&[0]);
     let axes = s.ints(&[3]);
-    s.op("Slice", &[&shifted, &starts, stop, &axes], &[])
+    s.op("Slice", &[&h, &starts, stop, &axes], &[])
 }
 
 // ---- building blocks shared with the model-local function's body (`function_scan`) ------------
