@@ -47,8 +47,8 @@ const MIN_TASK_ELEMENTS: usize = 1 << 15;
 /// created with it (`SessionBuilder::with_operators` keeps it alive for its sessions).
 ///
 /// With the `cuda` feature the domain also holds the CUDA execution provider's kernels
-/// ([`crate::ort_cuda_op`]: float32, float16, bfloat16), so a session with the CUDA EP runs the scan
-/// on the GPU; sessions without it keep using the CPU kernel.
+/// (`ort_cuda_op`: float32, float16, bfloat16), so a session with the CUDA EP runs the scan on the
+/// GPU; sessions without it keep using the CPU kernel.
 pub fn domain() -> ort::Result<OperatorDomain> {
     let domain = OperatorDomain::new(DOMAIN)?.add(SelectiveScanOperator)?;
     #[cfg(feature = "cuda")]

@@ -16,7 +16,7 @@
 //! recurrence over chunks (a = exp(S_{T−1}), b = the chunk's final local state), solved by the
 //! same construction one level up, until one chunk remains; each level hands the level below the
 //! states *entering* its chunks (the top level's closed form gives them directly, with an
-//! exclusive sum). Chunk lengths divide their level where they can ([`chunk_length`]: tiny's
+//! exclusive sum). Chunk lengths divide their level where they can (`chunk_length`: tiny's
 //! 196 = 14 chunks of 14, 49 = 7 of 7), so no padding steps are computed. Every factor is an a_t = exp(ℓ_t) ≤ 1,
 //! an exp(S_i) ≤ 1 of a cumulative sum inside one chunk, or an exp(S_i − S_j) ≤ 1 (the upper
 //! triangle is masked with −∞ before `Exp`), so nothing overflows whatever the sequence length —

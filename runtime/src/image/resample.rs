@@ -17,7 +17,7 @@
 //!   headroom), rounded half away from zero; each output is `(½ + Σ sample·weight) >> 22`, clamped
 //!   to 0..=255.
 //! - Two passes, each rounded to an 8-bit image: horizontal then vertical, except where the height
-//!   shrinks by more than twice as many pixels as the width (see [`vertical_first`]); a pass whose
+//!   shrinks by more than twice as many pixels as the width (see `vertical_first`); a pass whose
 //!   size does not change is skipped.
 //!
 //! The floating-point steps are written in the same order as the definition (multiply by

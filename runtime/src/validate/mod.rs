@@ -1,7 +1,7 @@
 //! Validation of an exported model against reference tensors (the official PyTorch model's, or
 //! another backend's): the library behind `gm-validate`.
 //!
-//! - [`reference`]: reading `.npz` references and fixture directories;
+//! - [`reference`](mod@reference): reading `.npz` references and fixture directories;
 //! - [`metrics`]: error statistics, top-k agreement, the error profile along a group's scan;
 //! - [`tolerance`]: criteria and their precision-dependent defaults;
 //! - [`report`]: the table and the JSON.
