@@ -16,9 +16,9 @@
 //!    reversed directions (2, 3) visit L−1−base; the inverse orders likewise with
 //!    cm⁻¹(p) = (p mod W)·H + p div W. `GatherElements` on the last axis reorders log a and b
 //!    into visiting order, and the states back.
-//! 3. The recurrence over the last axis, exactly, with the chunked form of `portable_scan`
-//!    (same building blocks): [`LEVELS`] levels of chunks of T steps (padded at the end with
-//!    a = 1, b = 0 to a multiple of T, sliced back afterwards), each chunk's own solution the
+//! 3. The recurrence over the last axis, exactly, with the chunked form of [`super::recurrence`]
+//!    (the blocks the portable scan uses): [`LEVELS`] levels of chunks of T steps (padded at the
+//!    end with a = 1, b = 0 to a multiple of T, sliced back afterwards), each chunk's own solution the
 //!    recurrence unrolled over its T steps, then one closed form over all remaining
 //!    chunk-of-chunks, whose causal mask is built at run time (`Range`, `Greater`, `Where`).
 //!    Every `Exp` sees a step's Δ·A ≤ 0, a cumulative sum of them, or a difference of cumulative
@@ -34,9 +34,8 @@
 
 use gm_ops::spec::{DOMAIN, OP_TYPE};
 
-use super::portable_scan::{
-    closed_form, first_states, pad_end, softplus, ChunkLevel, Local, States,
-};
+use super::portable_scan::softplus;
+use super::recurrence::{closed_form, first_states, pad_end, ChunkLevel, Local, States};
 use crate::onnx::proto::{DataType, FunctionProto};
 use crate::onnx::{Attr, FunctionBuilder, OpSink, Value};
 

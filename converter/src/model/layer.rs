@@ -15,7 +15,8 @@ use gm_ops::spec::{Direction, DOMAIN, OP_TYPE};
 use super::config::{LayerDims, GROUPS};
 use super::emit::{Emitter, ScanMode};
 use super::params::{Init, Params};
-use super::portable_scan::{self, Local, PortableScanInputs, Reorder};
+use super::portable_scan::{self, PortableScanInputs, Reorder};
+use super::recurrence::Local;
 use crate::onnx::{Attr, FloatType, Value};
 use crate::tensor::Tensor;
 

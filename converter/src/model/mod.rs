@@ -9,6 +9,7 @@ pub mod layer;
 pub mod network;
 pub mod params;
 pub mod portable_scan;
+pub mod recurrence;
 
 pub use config::ModelConfig;
 pub use network::GroupMamba;
