@@ -57,7 +57,10 @@ pub(super) fn chunked<S: OpSink>(
             }
         };
     }
-    let t = chunk_length(n, chunk);
+    let t = match local {
+        Local::Unrolled => unrolled_chunk_length(n, chunk),
+        Local::ClosedForm => chunk_length(n, chunk),
+    };
     let k = n.div_ceil(t);
     let padded = k * t;
     let (log_a, b) = if padded > n {
@@ -95,6 +98,28 @@ pub(super) fn chunk_length(n: usize, max: usize) -> usize {
         .find(|t| n / t <= max)
         .or_else(|| divisors().find(|&t| 2 * t >= max))
         .unwrap_or(max)
+}
+
+/// The chunk length for an unrolled level of `n` > `max` steps: among the divisors of `n` from
+/// `max`/2 to `max`, one that leaves the fewest closed-form levels above, and of those the
+/// shortest: each unrolled step is two nodes, a closed-form level above about a dozen whatever
+/// its length (with chunks of at least `max`/2 it holds at most twice as many steps); else
+/// [`chunk_length`]. With `max` = 16: 784 steps (28×28) become 98 chunks of 8 (then 7 of 14)
+/// instead of 49 of 16, 3136 (56×56) 224 chunks of 14 (then 14 of 16) instead of 196 of 16.
+pub(super) fn unrolled_chunk_length(n: usize, max: usize) -> usize {
+    (max.div_ceil(2)..=max)
+        .filter(|t| n.is_multiple_of(*t))
+        .min_by_key(|&t| (levels_above(n / t, max), t))
+        .unwrap_or_else(|| chunk_length(n, max))
+}
+
+/// How many closed-form levels, the top one included, solve a recurrence over `n` chunks
+/// ([`chunk_length`] at each).
+fn levels_above(n: usize, max: usize) -> usize {
+    if n <= max {
+        return 1;
+    }
+    1 + levels_above(n.div_ceil(chunk_length(n, max)), max)
 }
 
 /// Which states a scan returns.
@@ -336,5 +361,20 @@ mod tests {
         assert_eq!(chunk_length(257, 16), 16);
         assert_eq!(chunk_length(34, 16), 16);
         assert_eq!(chunk_length(35, 4), 4);
+    }
+
+    #[test]
+    fn unrolled_chunks_are_the_shortest_with_the_fewest_levels_above() {
+        // 28×28: 8 (98 chunks, then 7 of 14) has as few levels above as 16 (49, then 7 of 7).
+        assert_eq!(unrolled_chunk_length(784, 16), 8);
+        // 56×56: 14 (224 chunks, then 14 of 16) as few as 16 (196, then 14 of 14); 8 has one more.
+        assert_eq!(unrolled_chunk_length(3136, 16), 14);
+        assert_eq!(levels_above(3136 / 8, 16), 3);
+        assert_eq!(levels_above(3136 / 14, 16), 2);
+        // 14×14: only 14 divides; 7×7: no divisor from 8 to 16, so chunk_length's 7.
+        assert_eq!(unrolled_chunk_length(196, 16), 14);
+        assert_eq!(unrolled_chunk_length(49, 16), 7);
+        // A prime: padded chunks of max.
+        assert_eq!(unrolled_chunk_length(257, 16), 16);
     }
 }
