@@ -29,7 +29,8 @@ use crate::tensor::Tensor;
 /// States of the recurrence h_t = exp(log_a_t)·h_{t−1} + b_t, h_{−1} = 0, along the last axis
 /// of length `n` (known at export) of rank-4 tensors (B, G, d, n), as `states` asks; `local`
 /// solves the chunks of this level, the levels above (n/T steps and fewer) use the closed form.
-/// Chunks are at most `chunk` steps, of the length [`chunk_length`] picks.
+/// Chunks are at most `chunk` steps, of the length [`unrolled_chunk_length`] (an unrolled level)
+/// or [`chunk_length`] (a closed-form one) picks.
 pub(super) fn chunked<S: OpSink>(
     s: &mut S,
     log_a: &Value,
