@@ -12,7 +12,7 @@ use crate::model::function_scan::selective_scan_function;
 use crate::model::params::{expected_tensors, parameter_count, random_weights};
 use crate::model::{GroupMamba, ModelConfig};
 use crate::onnx::proto::{DataType, ModelProto, OperatorSetIdProto, StringStringEntryProto};
-use crate::onnx::{Attr, Dim, FloatType, GraphBuilder};
+use crate::onnx::{Dim, FloatType, GraphBuilder};
 use crate::tensor::Tensor;
 use crate::weights::{load_checkpoint, WeightsError};
 
@@ -161,16 +161,9 @@ pub fn build_model(
             Dim::Fixed(opts.width),
         ],
     );
-    let to = |t: DataType| [("to", Attr::Int(t as i64))];
-    let x = match float {
-        FloatType::F32 => images,
-        FloatType::F16 => e.g.op("Cast", &[&images], &to(DataType::Float16)),
-    };
+    let x = e.narrow(&images);
     let logits = model.emit(&mut e, &x, opts.height, opts.width);
-    let logits = match float {
-        FloatType::F32 => logits,
-        FloatType::F16 => e.g.op("Cast", &[&logits], &to(DataType::Float)),
-    };
+    let logits = e.widen(&logits);
     e.g.output(
         &logits,
         "logits",

@@ -62,6 +62,25 @@ impl<'w> Emitter<'w> {
         }
     }
 
+    /// `x` (in the model's element type) as float32: a `Cast` in an FP16 model, `x` itself in
+    /// FP32. For what stays float32 whatever the model (graph outputs, the portable scan).
+    pub fn widen(&mut self, x: &Value) -> Value {
+        self.cast_from_to(x, self.float, FloatType::F32)
+    }
+
+    /// Float32 `x` in the model's element type (graph inputs, the portable scan's y).
+    pub fn narrow(&mut self, x: &Value) -> Value {
+        self.cast_from_to(x, FloatType::F32, self.float)
+    }
+
+    fn cast_from_to(&mut self, x: &Value, from: FloatType, to: FloatType) -> Value {
+        if from == to {
+            return x.clone();
+        }
+        let to = Attr::Int(to.data_type() as i64);
+        self.g.op("Cast", &[x], &[("to", to)])
+    }
+
     /// Runs `f` with constants and scalars emitted as `float` (e.g. the float32 arithmetic of
     /// the portable scan inside an FP16 model).
     pub fn with_float<T>(&mut self, float: FloatType, f: impl FnOnce(&mut Self) -> T) -> T {
@@ -124,15 +143,12 @@ impl<'w> Emitter<'w> {
             dims: dims.to_vec(),
         });
         match self.float {
+            // The value becomes the output (renamed): later nodes read it under its new name.
             FloatType::F32 => self.g.output(value, name, DataType::Float, &shape),
             FloatType::F16 => {
                 // Graph I/O stays FP32 (as `logits` does): a Cast (exact) feeds the output, and
                 // the FP16 value goes on into the network unchanged.
-                let y = self.g.op(
-                    "Cast",
-                    &[value],
-                    &[("to", Attr::Int(DataType::Float as i64))],
-                );
+                let y = self.widen(value);
                 self.g.output(&y, name, DataType::Float, &shape);
                 value.clone()
             }

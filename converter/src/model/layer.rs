@@ -135,7 +135,7 @@ impl GroupMambaLayer {
         let (ug, proj_float) = match e.scan {
             ScanMode::Portable { .. } => {
                 let ug = portable_scan::reorder(e, &ug, &DIRECTIONS, d, (h, w), Reorder::Visiting);
-                (portable_scan::widen(e, &ug), FloatType::F32)
+                (e.widen(&ug), FloatType::F32)
             }
             ScanMode::CustomOp | ScanMode::Function { .. } => (ug, e.float),
         };
@@ -207,7 +207,7 @@ impl GroupMambaLayer {
                     delta_bias: &dt_bias,
                 };
                 let y = portable_scan::emit_visiting(e, inputs, d, h * w, chunk, Local::Unrolled);
-                let y = portable_scan::narrow(e, &y);
+                let y = e.narrow(&y);
                 portable_scan::reorder(e, &y, &DIRECTIONS, d, (h, w), Reorder::RowMajorChannelsLast)
             }
         };

@@ -19,7 +19,6 @@ use gm_ops::spec::Direction;
 
 use super::emit::Emitter;
 use super::recurrence::{chunked, Local, States};
-use crate::onnx::proto::DataType;
 use crate::onnx::{Attr, FloatType, OpSink, Value};
 use crate::tensor::Tensor;
 
@@ -59,7 +58,7 @@ pub fn emit(
 ) -> Value {
     let visit = |e: &mut Emitter, x: &Value, width| {
         let x = reorder(e, x, directions, width, (h, w), Reorder::Visiting);
-        widen(e, &x)
+        e.widen(&x)
     };
     let (u, delta) = (visit(e, inputs.u, width), visit(e, inputs.delta, width));
     let (b_rows, c_rows) = (visit(e, inputs.b_rows, 1), visit(e, inputs.c_rows, 1));
@@ -71,14 +70,14 @@ pub fn emit(
         ..inputs
     };
     let y = emit_visiting(e, visiting, width, h * w, chunk, local);
-    let y = narrow(e, &y);
+    let y = e.narrow(&y);
     reorder(e, &y, directions, width, (h, w), Reorder::RowMajor)
 }
 
 /// The scans of sequences already in visiting order (every input's last axis, of length `len`,
 /// is the step index). Inputs and y (B, G, d, len) are float32 whatever the model's element type:
 /// as in the op, the state and all arithmetic are float32 and y is rounded once, by the caller
-/// ([`narrow`]). `local` solves the chunks of the full-length level (the levels above use the
+/// ([`Emitter::narrow`]). `local` solves the chunks of the full-length level (the levels above use the
 /// closed form).
 pub fn emit_visiting(
     e: &mut Emitter,
@@ -105,26 +104,6 @@ pub fn emit_visiting(
         let skip = e.mul(&d, inputs.u);
         e.add(&y, &skip)
     })
-}
-
-/// `x` in float32, the scan's arithmetic type: a `Cast` in an FP16 model, `x` itself in FP32.
-pub fn widen(e: &mut Emitter, x: &Value) -> Value {
-    match e.float {
-        FloatType::F32 => x.clone(),
-        FloatType::F16 => {
-            e.g.op("Cast", &[x], &[("to", Attr::Int(DataType::Float as i64))])
-        }
-    }
-}
-
-/// Float32 `x` in the model's element type: y's one rounding in an FP16 model.
-pub fn narrow(e: &mut Emitter, x: &Value) -> Value {
-    match e.float {
-        FloatType::F32 => x.clone(),
-        FloatType::F16 => {
-            e.g.op("Cast", &[x], &[("to", Attr::Int(DataType::Float16 as i64))])
-        }
-    }
 }
 
 /// Which way a [`reorder`] goes: between row-major spatial order and each group's visiting order
