@@ -29,17 +29,8 @@ import torch  # first: it loads the CUDA runtime onnxruntime's CUDA EP needs
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
+import bench_ort  # noqa: E402  (its Runner: library registered, CUDA EP with TF32 off, checked active)
 from bench_official import load_official  # noqa: E402
-
-
-def session(path, library):
-    so = ort.SessionOptions()
-    so.register_custom_ops_library(library)
-    so.log_severity_level = 3
-    s = ort.InferenceSession(path, so, providers=[("CUDAExecutionProvider", {"device_id": "0", "use_tf32": "0"})])
-    if "CUDAExecutionProvider" not in s.get_providers():
-        raise RuntimeError(f"{path}: CUDAExecutionProvider not active: {s.get_providers()}")
-    return s
 
 
 def compare(reference, other):
@@ -87,7 +78,8 @@ def main():
         onnx[precision] = os.path.join(args.work, f"tiny-{precision}.onnx")
         subprocess.run([args.gm_export, "--variant", "tiny", "--checkpoint", pth, "--precision", precision,
                         "--out", onnx[precision]], check=True)
-    ours = {p: session(path, args.library) for p, path in onnx.items()}
+    runner = bench_ort.Runner(argparse.Namespace(provider="cuda", library=args.library))
+    ours = {p: runner.session(path) for p, path in onnx.items()}
 
     rng = np.random.default_rng(args.seed)
     logits = {k: [] for k in ("official_fp32", "official_amp", "ours_fp32", "ours_fp16")}
