@@ -233,9 +233,10 @@ impl ChunkLevel {
 
 /// How a level solves its chunks from a zero state. The levels above the first (L/T steps and
 /// fewer) use the closed form; the model's layers solve the first, which holds all L steps,
-/// unrolled. (The closed form there: on the H100 at batch 1 under CUDA graphs 4–5 % faster, at
-/// batch 128 2.2–2.9× slower; benchmarks/h100-scan-modes/closed-form-first-level/. Tests use it to
-/// check the closed form over every step of long sequences.)
+/// unrolled. (The closed form there: on the H100 under CUDA graphs 4–5 % faster at batch 1, at
+/// batch 128 1.66–1.87× slower: 2.2–2.9× the custom op's time where unrolled takes 1.3–1.5×;
+/// benchmarks/h100-scan-modes/closed-form-first-level/. Tests use it to check the closed form over
+/// every step of long sequences.)
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Local {
     /// The recurrence itself, unrolled over the T steps: a few operations per element but ~2T
