@@ -43,11 +43,20 @@ pub struct ExportOptions {
     /// (cast at the edges) and the scan's state and per-channel parameters FP32.
     pub precision: FloatType,
     pub scan: ScanMode,
+    /// Every LayerNorm as one `ai.groupmamba::GroupedLayerNorm` node (with SS2D's out_norm
+    /// affine and SiLU gate fused in): fewer, faster kernels on GPUs. Needs `ScanMode::CustomOp`
+    /// (the other modes exist for runtimes without our ops).
+    pub fused_norms: bool,
     pub out: PathBuf,
 }
 
 #[derive(Debug, Error)]
 pub enum ExportError {
+    #[error(
+        "--fuse-norms needs --scan custom: `{scan}` is for runtimes without our ops, and \
+         GroupedLayerNorm is one of them"
+    )]
+    FusedNormsNeedCustomScan { scan: String },
     #[error("--{option} {value}: the input size must be between 1 and {MAX_SIDE} pixels")]
     InputSize { option: &'static str, value: usize },
     #[error("--out {path}: the output folder {folder} does not exist")]
@@ -80,6 +89,11 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport, ExportError> {
         if value == 0 || value > MAX_SIDE {
             return Err(ExportError::InputSize { option, value });
         }
+    }
+    if opts.fused_norms && opts.scan != ScanMode::CustomOp {
+        return Err(ExportError::FusedNormsNeedCustomScan {
+            scan: scan_name(opts.scan),
+        });
     }
     check_output_folder(&opts.out)?;
 
@@ -151,6 +165,7 @@ pub fn build_model(
         opts.debug_outputs,
     );
     e.scan = opts.scan;
+    e.fused_norms = opts.fused_norms;
     let images = e.g.input(
         "images",
         DataType::Float,
@@ -192,6 +207,10 @@ pub fn build_model(
             precision_name(float).to_string(),
         ),
         ("groupmamba.scan".to_string(), scan_name(opts.scan)),
+        (
+            "groupmamba.norms".to_string(),
+            norms_name(opts.fused_norms).to_string(),
+        ),
         ("groupmamba.output".to_string(), output_meta(cfg)),
     ];
     meta.extend(source_meta);
@@ -250,6 +269,15 @@ pub fn scan_name(scan: ScanMode) -> String {
         ScanMode::CustomOp => "custom-op".to_string(),
         ScanMode::Portable { chunk } => format!("portable (chunk {chunk})"),
         ScanMode::Function { chunk } => format!("function (chunk {chunk})"),
+    }
+}
+
+/// How the LayerNorms are written (metadata `groupmamba.norms`).
+pub fn norms_name(fused: bool) -> &'static str {
+    if fused {
+        "fused (ai.groupmamba::GroupedLayerNorm)"
+    } else {
+        "standard (LayerNormalization)"
     }
 }
 
@@ -359,6 +387,7 @@ mod tests {
             allow_nonfinite: false,
             precision: FloatType::F32,
             scan,
+            fused_norms: false,
             out: PathBuf::from("unused.onnx"),
         };
         build_model(&model, &weights, &opts, vec![])

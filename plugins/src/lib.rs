@@ -27,6 +27,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod fastmath;
+pub mod norm;
 #[cfg(all(feature = "ort", feature = "cuda"))]
 pub mod ort_cuda_op;
 #[cfg(feature = "ort")]

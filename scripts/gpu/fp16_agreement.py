@@ -61,6 +61,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--build-dir", default="/tmp/gm-official-build")
     ap.add_argument("--work", default="/tmp/gm-agreement")
+    ap.add_argument("--fused-norms", action="store_true",
+                    help="also export with --fuse-norms (FP32 and FP16) and compare those the same way")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
@@ -74,15 +76,17 @@ def main():
     pth = os.path.join(args.work, "official-random.pth")
     torch.save(model.state_dict(), pth)
     onnx = {}
-    for precision in ("fp32", "fp16"):
-        onnx[precision] = os.path.join(args.work, f"tiny-{precision}.onnx")
-        subprocess.run([args.gm_export, "--variant", "tiny", "--checkpoint", pth, "--precision", precision,
-                        "--out", onnx[precision]], check=True)
+    for fused in (False, True) if args.fused_norms else (False,):
+        for precision in ("fp32", "fp16"):
+            name = f"{'fused_' if fused else ''}{precision}"
+            onnx[name] = os.path.join(args.work, f"tiny-{name}.onnx")
+            subprocess.run([args.gm_export, "--variant", "tiny", "--checkpoint", pth, "--precision", precision,
+                            "--out", onnx[name]] + (["--fuse-norms"] if fused else []), check=True)
     runner = bench_ort.Runner(argparse.Namespace(provider="cuda", library=args.library))
     ours = {p: runner.session(path) for p, path in onnx.items()}
 
     rng = np.random.default_rng(args.seed)
-    logits = {k: [] for k in ("official_fp32", "official_amp", "ours_fp32", "ours_fp16")}
+    logits = {k: [] for k in ["official_fp32", "official_amp"] + [f"ours_{p}" for p in onnx]}
     t0 = time.time()
     for start in range(0, args.n, args.batch):
         x = rng.standard_normal((min(args.batch, args.n - start), 3, 224, 224), dtype=np.float32)
@@ -96,6 +100,9 @@ def main():
     logits = {k: np.concatenate(v) for k, v in logits.items()}
     pairs = [("official_fp32", "official_amp"), ("official_fp32", "ours_fp16"), ("ours_fp32", "ours_fp16"),
              ("official_fp32", "ours_fp32")]
+    if args.fused_norms:
+        pairs += [("official_fp32", "ours_fused_fp16"), ("ours_fused_fp32", "ours_fused_fp16"),
+                  ("official_fp32", "ours_fused_fp32")]
     report = {
         "model": "official groupmamba_tiny, random init (torch seed %d), exported by gm-export" % args.seed,
         "inputs": f"{args.n} x N(0,1) 3x224x224, numpy seed {args.seed}",

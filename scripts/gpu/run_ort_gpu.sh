@@ -12,7 +12,8 @@
 #                                                 cargo build -p gm-runtime --features cuda --bin gm-run; gm-export)
 #   fixtures/ref.pth, fixtures/custom-64x64/{input,logits}.npy+config.json, fixtures/custom-72x100/…
 #   GroupMamba/ (official checkout, for step 4), whl/ (its extra wheels: timm, einops)
-# Env: OUT (results folder), GM (default .gpu-stage), ORTGPU (default /tmp/ortgpu), OFFICIAL_TIMEOUT (s; ≤ 20 skips step 4).
+# Env: OUT (results folder), GM (default .gpu-stage), ORTGPU (default /tmp/ortgpu), OFFICIAL_TIMEOUT (s; ≤ 20 skips step 4),
+#      EXPORT_ARGS (extra gm-export arguments for every export, e.g. --fuse-norms), GM_RUN=0 (skips step 3).
 set -uo pipefail
 OUT=${OUT:-/tmp/gm-out}
 GM=${GM:-.gpu-stage}
@@ -22,6 +23,7 @@ ORTGPU=${ORTGPU:-/tmp/ortgpu}
 # is waited for (up to 150 s) before the timings and reused by step 4.
 OFFICIAL_BUILD_DIR=${OFFICIAL_BUILD_DIR:-/tmp/gm-official-build}
 DEADLINE=${DEADLINE:-560}   # step 4 gets what is left of this many seconds (the device's call limit is 600)
+EXPORT_ARGS=${EXPORT_ARGS:-}
 W=/tmp/gm-work
 mkdir -p "$OUT" "$W"
 export PYTHONUNBUFFERED=1
@@ -35,11 +37,11 @@ for c in "custom-64x64 64 64" "custom-72x100 72 100"; do
   cp "$GM/fixtures/$1"/*.npy "$W/$1/"
   for p in fp32 fp16; do
     "$GM/bin/gm-export" --config "$GM/fixtures/$1/config.json" --checkpoint "$GM/fixtures/ref.pth" \
-      --height "$2" --width "$3" --precision $p --out "$W/$1/model-$p.onnx" 2>&1 | tail -1
+      --height "$2" --width "$3" --precision $p $EXPORT_ARGS --out "$W/$1/model-$p.onnx" 2>&1 | tail -1
   done
 done
 for p in fp32 fp16; do
-  "$GM/bin/gm-export" --variant tiny --precision $p --out "$W/tiny-$p.onnx" 2>&1 | grep -v warning | tail -1
+  "$GM/bin/gm-export" --variant tiny --precision $p $EXPORT_ARGS --out "$W/tiny-$p.onnx" 2>&1 | grep -v warning | tail -1
 done
 echo "exports took $(( $(date +%s) - t0 )) s"
 
@@ -54,6 +56,7 @@ PYTHONPATH="$ORTGPU" timeout "${ORT_TIMEOUT:-330}" python3 scripts/gpu/bench_ort
   --tiny-fp32 "$W/tiny-fp32.onnx" --tiny-fp16 "$W/tiny-fp16.onnx" --profile \
   --out "$OUT/ort-cuda.json" 2>&1 | grep -v "^\s*$"
 
+if [ "${GM_RUN:-1}" = 1 ]; then
 echo "== gm-run --device cuda"
 SP=$(python3 -c 'import site; print(site.getsitepackages()[0])')
 LD_LIBRARY_PATH=$(find "$SP/nvidia" "$SP/torch/lib" -name 'lib*.so*' -printf '%h\n' 2>/dev/null | sort -u | paste -sd:)
@@ -67,6 +70,7 @@ python3 -c "import numpy as n; n.save('$W/rand8.npy', n.random.default_rng(0).st
 echo "-- no GPU visible: expect the CPU fallback notice"
 CUDA_VISIBLE_DEVICES= "$GM/bin/gm-run" --model "$f/model-fp32.onnx" --input "$f/input.npy" --output "$W/gmrun-cpu.npy" --device cuda
 python3 -c "import numpy as n; print('fallback max abs vs official', abs(n.load('$W/gmrun-cpu.npy')-n.load('$f/logits.npy')).max())"
+fi
 
 OFFICIAL_TIMEOUT=${OFFICIAL_TIMEOUT:-$(( DEADLINE - SECONDS ))}
 if [ "$OFFICIAL_TIMEOUT" -gt 20 ]; then

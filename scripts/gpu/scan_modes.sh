@@ -8,13 +8,16 @@
 # first is also the function body's); FUNCTION=0 leaves the function export out; CUDA_GRAPH=1 also times
 # every model with ORT's CUDA graphs (bench_scan_modes.py --cuda-graph); CUSTOM_EP_OPTIONS, e.g.
 # "prefer_nhwc=1 fuse_conv_bias=1", adds the custom export once more per option, run with that CUDA EP option.
+# FUSED=1 adds the custom export with --fuse-norms (ai.groupmamba::GroupedLayerNorm) as fused-norms;
+# CHUNKS="" FUNCTION=0 FUSED=1 compares just the two custom exports.
 set -uo pipefail
 OUT=${OUT:-/tmp/gm-modes}
 GM=${GM:-.gpu-stage/gpubench}
 ORTGPU=${ORTGPU:-/tmp/ortgpu}
 PRECISIONS=${PRECISIONS:-fp32 fp16}
-CHUNKS=${CHUNKS:-16}
+CHUNKS=${CHUNKS-16}   # empty: no portable export
 FUNCTION=${FUNCTION:-1}
+FUSED=${FUSED:-0}
 CUDA_GRAPH=${CUDA_GRAPH:-0}
 CUSTOM_EP_OPTIONS=${CUSTOM_EP_OPTIONS:-}
 # PORTABLE_BEFORE: another gm-export binary (e.g. main before a change); its portable export (first chunk
@@ -43,6 +46,10 @@ for p in $PRECISIONS; do
   if [ "$FUNCTION" = 1 ]; then
     "$GM/gm-export" --variant tiny --precision $p --scan function --scan-chunk "$first_chunk" --out "$W/function-$p.onnx" 2>&1 | tail -1
     models+=(--model "function-without-library=$W/function-$p.onnx" --model "function-with-library=$W/function-$p.onnx:lib")
+  fi
+  if [ "$FUSED" = 1 ]; then
+    "$GM/gm-export" --variant tiny --precision $p --fuse-norms --out "$W/fused-$p.onnx" 2>&1 | tail -1
+    models+=(--model "fused-norms=$W/fused-$p.onnx:lib")
   fi
   extra=(); [ "$CUDA_GRAPH" = 1 ] && extra=(--cuda-graph)
   echo "== $p"

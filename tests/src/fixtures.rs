@@ -60,6 +60,19 @@ impl Fixture {
 
     /// Exports the fixture's checkpoint at its input size into a scratch folder named `tag`.
     pub fn export(&self, tag: &str, precision: FloatType, scan: ScanMode, debug: bool) -> PathBuf {
+        self.export_with(tag, precision, scan, false, debug)
+    }
+
+    /// [`Fixture::export`], choosing also whether the LayerNorms are fused
+    /// (`ai.groupmamba::GroupedLayerNorm`, `gm-export --fuse-norms`).
+    pub fn export_with(
+        &self,
+        tag: &str,
+        precision: FloatType,
+        scan: ScanMode,
+        fused_norms: bool,
+        debug: bool,
+    ) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "gm-tests-{}-{}-{tag}",
             std::process::id(),
@@ -77,6 +90,7 @@ impl Fixture {
             allow_nonfinite: false,
             precision,
             scan,
+            fused_norms,
             out: out.clone(),
         })
         .unwrap();

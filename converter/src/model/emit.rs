@@ -42,6 +42,9 @@ pub struct Emitter<'w> {
     debug: bool,
     pub debug_outputs: Vec<DebugOutput>,
     pub scan: ScanMode,
+    /// Every LayerNorm as one `ai.groupmamba::GroupedLayerNorm` node (SS2D's `out_norm` with its
+    /// affine and SiLU gate included) instead of standard operators.
+    pub fused_norms: bool,
 }
 
 impl<'w> Emitter<'w> {
@@ -59,6 +62,7 @@ impl<'w> Emitter<'w> {
             debug,
             debug_outputs: Vec::new(),
             scan: ScanMode::CustomOp,
+            fused_norms: false,
         }
     }
 
@@ -182,6 +186,11 @@ impl<'w> Emitter<'w> {
     /// `nn.LayerNorm` over the last axis, with the module's `weight`/`bias`.
     pub fn layer_norm(&mut self, x: &Value, module: &str, eps: f32) -> Value {
         self.scoped(module, |e| {
+            if e.fused_norms {
+                let scale = e.tensor("weight");
+                let bias = e.tensor("bias");
+                return e.grouped_layer_norm(x, scale, bias, 1, eps, None);
+            }
             let w = e.weight("weight");
             let b = e.weight("bias");
             e.g.op(
@@ -190,6 +199,36 @@ impl<'w> Emitter<'w> {
                 &[("axis", Attr::Int(-1)), ("epsilon", Attr::Float(eps))],
             )
         })
+    }
+
+    /// One `ai.groupmamba::GroupedLayerNorm` node: LayerNorm over each of `groups` equal groups of
+    /// the last axis, the per-channel affine (`scale`, `bias`: float32 whatever the model's type,
+    /// as the op asks) and, with `silu_gate`, the product with SiLU of that tensor.
+    pub fn grouped_layer_norm(
+        &mut self,
+        x: &Value,
+        scale: &Tensor,
+        bias: &Tensor,
+        groups: usize,
+        eps: f32,
+        silu_gate: Option<&Value>,
+    ) -> Value {
+        use gm_ops::norm::{ATTR_EPSILON, ATTR_GATE_SILU, ATTR_GROUPS, NORM_OP_TYPE};
+        let flat = |t: &Tensor| Tensor::new(vec![t.numel()], t.data.clone());
+        let scale = self.g.initializer("scale", &flat(scale), FloatType::F32);
+        let bias = self.g.initializer("bias", &flat(bias), FloatType::F32);
+        let mut inputs = vec![x, &scale, &bias];
+        let mut attrs = vec![
+            (ATTR_GROUPS, Attr::Int(groups as i64)),
+            (ATTR_EPSILON, Attr::Float(eps)),
+        ];
+        if let Some(gate) = silu_gate {
+            inputs.push(gate);
+            attrs.push((ATTR_GATE_SILU, Attr::Int(1)));
+        }
+        self.g
+            .node(gm_ops::spec::DOMAIN, NORM_OP_TYPE, &inputs, 1, &attrs)
+            .remove(0)
     }
 
     /// `nn.Linear` on the last axis: `x @ Wᵀ + b` (W transposed once, at export).

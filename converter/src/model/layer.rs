@@ -94,22 +94,9 @@ impl GroupMambaLayer {
         let affinity = e.linear(&hidden, "fc2");
         let affinity = e.g.op("Sigmoid", &[&affinity], &[]);
 
-        // Per-group input projection on tokens grouped as (B, G, L, d).
-        let xg = e.reshape(&xn, &[0, l, g, di]);
-        let xg = e.transpose(&xg, &[0, 2, 1, 3]);
-        let w_in = stack(e, "in_proj_t", |e, k| {
-            group(e, k, |e| transposed(e.tensor("in_proj.weight")))
-        });
-        let xz = e.g.op("MatMul", &[&xg, &w_in], &[]);
-        let split = e.g.ints(&[di, di]);
-        let mut parts =
-            e.g.node("", "Split", &[&xz, &split], 2, &[("axis", Attr::Int(3))]);
-        let z = parts.pop().unwrap();
-        let xs = parts.pop().unwrap();
-        let z = e.silu(&z);
+        let (xs, z) = self.in_projection(e, &xn, l);
 
         // Depthwise 3×3 conv of all groups at once on the channels-first map.
-        let xs = e.transpose(&xs, &[0, 1, 3, 2]);
         let xs = e.reshape(&xs, &[0, ci, h as i64, w as i64]);
         let conv_w = concat(e, |e, k| group(e, k, |e| e.tensor("conv2d.weight").clone()));
         let conv_b = concat(e, |e, k| group(e, k, |e| e.tensor("conv2d.bias").clone()));
@@ -166,8 +153,8 @@ impl GroupMambaLayer {
         let ds = concat(e, |e, k| group(e, k, |e| e.tensor("Ds").clone()));
         let dt_bias = concat(e, |e, k| group(e, k, |e| flat(e.tensor("dt_projs_bias"))));
 
-        // The scans of the four groups: y (B, G, L, d), row-major spatial order (channels last,
-        // for out_norm).
+        // The scans of the four groups, y in row-major spatial order, channels last for out_norm:
+        // (B, G, L, d), or (B, L, C) for the fused out_norm.
         let y = match e.scan {
             // `Function` adds the op's model-local function to the model (export.rs); the
             // graph is the custom-op graph.
@@ -193,8 +180,13 @@ impl GroupMambaLayer {
                         )],
                     )
                     .remove(0);
-                let y = e.reshape(&y, &[0, g, di, l]);
-                e.transpose(&y, &[0, 1, 3, 2])
+                if e.fused_norms {
+                    let y = e.reshape(&y, &[0, ci, l]);
+                    e.transpose(&y, &[0, 2, 1])
+                } else {
+                    let y = e.reshape(&y, &[0, g, di, l]);
+                    e.transpose(&y, &[0, 1, 3, 2])
+                }
             }
             ScanMode::Portable { chunk } => {
                 let inputs = PortableScanInputs {
@@ -212,11 +204,101 @@ impl GroupMambaLayer {
             }
         };
 
-        // out_norm (per group, over d), z gate, out_proj — on (B, G, L, d).
+        let y = self.out_projection(e, &y, &z, h, w);
+
+        // Gate with skip_scale·x̂, modulate with the channel affinity, shared norm, projection.
+        let skip = e.weight("skip_scale");
+        let m = if e.fused_norms {
+            // skip_scale folded into the (B, 1, C) affinity: one full-size product less.
+            let affinity = e.mul(&affinity, &skip);
+            let m = e.mul(&y, &xn);
+            e.mul(&m, &affinity)
+        } else {
+            let m = e.mul(&y, &skip);
+            let m = e.mul(&m, &xn);
+            e.mul(&m, &affinity)
+        };
+        let m = e.layer_norm(&m, "norm", LAYER_NORM_EPS);
+        e.linear(&m, "proj")
+    }
+
+    /// `in_proj` of every group: the normalised tokens x̂ (B, L, C) → (xs, z), with xs
+    /// channels-first ((B, C, L) or (B, G, d, L)) for the depthwise conv and z in the layout `out_projection`
+    /// gates in: SiLU(z) as (B, G, L, d), or z itself as (B, L, C) for the fused out_norm (the
+    /// op applies the SiLU).
+    ///
+    /// Standard: one MatMul batched over the groups on (B, G, L, d). Fused: one MatMul on
+    /// (B, L, C) with the block-diagonal (C, 2C) weight, so that neither x̂ nor z is transposed
+    /// (four times the multiply-adds of the batched form: a win on GPUs, where these GEMMs are
+    /// memory-bound, not on CPUs).
+    fn in_projection(&self, e: &mut Emitter, xn: &Value, l: i64) -> (Value, Value) {
+        let LayerDims {
+            channels: c,
+            group: d,
+            ..
+        } = self.dims;
+        let (g, ci, di) = (GROUPS as i64, c as i64, d as i64);
+        if e.fused_norms {
+            let w_in = block_diagonal(e, "in_proj_block_diagonal", |e, k| {
+                group(e, k, |e| e.tensor("in_proj.weight").clone())
+            });
+            let xz = e.g.op("MatMul", &[xn, &w_in], &[]);
+            let split = e.g.ints(&[ci, ci]);
+            let mut parts =
+                e.g.node("", "Split", &[&xz, &split], 2, &[("axis", Attr::Int(2))]);
+            let z = parts.pop().unwrap();
+            let xs = parts.pop().unwrap();
+            return (e.transpose(&xs, &[0, 2, 1]), z);
+        }
+        let xg = e.reshape(xn, &[0, l, g, di]);
+        let xg = e.transpose(&xg, &[0, 2, 1, 3]);
+        let w_in = stack(e, "in_proj_t", |e, k| {
+            group(e, k, |e| transposed(e.tensor("in_proj.weight")))
+        });
+        let xz = e.g.op("MatMul", &[&xg, &w_in], &[]);
+        let split = e.g.ints(&[di, di]);
+        let mut parts =
+            e.g.node("", "Split", &[&xz, &split], 2, &[("axis", Attr::Int(3))]);
+        let z = parts.pop().unwrap();
+        let xs = parts.pop().unwrap();
+        let z = e.silu(&z);
+        (e.transpose(&xs, &[0, 1, 3, 2]), z)
+    }
+
+    /// out_norm (per group, over d), its affine, the z gate and `out_proj` of every group: the
+    /// scans' y and z in `in_projection`'s layout → tokens (B, L, C).
+    ///
+    /// Standard: LayerNormalization, Mul, Add, Mul and a MatMul batched over the groups on
+    /// (B, G, L, d), then a transpose. Fused: one `GroupedLayerNorm` (groups G, SiLU gate) and
+    /// one MatMul with the block-diagonal (C, C) weight, all on (B, L, C).
+    fn out_projection(&self, e: &mut Emitter, y: &Value, z: &Value, h: usize, w: usize) -> Value {
+        let LayerDims {
+            channels: c,
+            group: d,
+            ..
+        } = self.dims;
+        let (g, l, ci, di) = (GROUPS as i64, (h * w) as i64, c as i64, d as i64);
+        if e.fused_norms {
+            let scale = concat(e, |e, k| {
+                group(e, k, |e| e.tensor("out_norm.weight").clone())
+            });
+            let bias = concat(e, |e, k| group(e, k, |e| e.tensor("out_norm.bias").clone()));
+            let y = e.grouped_layer_norm(y, &scale, &bias, GROUPS, LAYER_NORM_EPS, Some(z));
+            let w_out = block_diagonal(e, "out_proj_block_diagonal", |e, k| {
+                group(e, k, |e| e.tensor("out_proj.weight").clone())
+            });
+            let y = e.g.op("MatMul", &[&y, &w_out], &[]);
+            if e.debug_enabled() {
+                let grouped = e.reshape(&y, &[0, l, g, di]);
+                let grouped = e.transpose(&grouped, &[0, 2, 1, 3]);
+                self.debug_groups(e, &grouped, h, w);
+            }
+            return y;
+        }
         let ones = e.constant("out_norm_unit_scale", &Tensor::new(vec![d], vec![1.0; d]));
         let y = e.g.op(
             "LayerNormalization",
-            &[&y, &ones],
+            &[y, &ones],
             &[
                 ("axis", Attr::Int(-1)),
                 ("epsilon", Attr::Float(LAYER_NORM_EPS)),
@@ -230,30 +312,29 @@ impl GroupMambaLayer {
         });
         let y = e.mul(&y, &norm_w);
         let y = e.add(&y, &norm_b);
-        let y = e.mul(&y, &z);
+        let y = e.mul(&y, z);
         let w_out = stack(e, "out_proj_t", |e, k| {
             group(e, k, |e| transposed(e.tensor("out_proj.weight")))
         });
         let y = e.g.op("MatMul", &[&y, &w_out], &[]);
         if e.debug_enabled() {
-            for k in 0..GROUPS {
-                let name = format!("{}.mamba_g{}", e.path(), k + 1);
-                let idx = e.g.ints(&[k as i64]);
-                let yk = e.g.op("Gather", &[&y, &idx], &[("axis", Attr::Int(1))]);
-                let yk = e.reshape(&yk, &[0, h as i64, w as i64, di]);
-                e.debug_output(&yk, &name, &[h, w, d]);
-            }
+            self.debug_groups(e, &y, h, w);
         }
         let y = e.transpose(&y, &[0, 2, 1, 3]);
-        let y = e.reshape(&y, &[0, l, ci]);
+        e.reshape(&y, &[0, l, ci])
+    }
 
-        // Gate with skip_scale·x̂, modulate with the channel affinity, shared norm, projection.
-        let skip = e.weight("skip_scale");
-        let m = e.mul(&y, &skip);
-        let m = e.mul(&m, &xn);
-        let m = e.mul(&m, &affinity);
-        let m = e.layer_norm(&m, "norm", LAYER_NORM_EPS);
-        e.linear(&m, "proj")
+    /// Each group's SS2D output from `y` (B, G, L, d) as a debug output, as the official
+    /// `mamba_g{k}` module returns it (B, H, W, d).
+    fn debug_groups(&self, e: &mut Emitter, y: &Value, h: usize, w: usize) {
+        let d = self.dims.group;
+        for k in 0..GROUPS {
+            let name = format!("{}.mamba_g{}", e.path(), k + 1);
+            let idx = e.g.ints(&[k as i64]);
+            let yk = e.g.op("Gather", &[y, &idx], &[("axis", Attr::Int(1))]);
+            let yk = e.reshape(&yk, &[0, h as i64, w as i64, d as i64]);
+            e.debug_output(&yk, &name, &[h, w, d]);
+        }
     }
 }
 
@@ -270,6 +351,33 @@ fn stack(e: &mut Emitter, hint: &str, mut f: impl FnMut(&mut Emitter, usize) -> 
     let data = parts.into_iter().flat_map(|t| t.data).collect();
     let t = Tensor::new(shape, data);
     e.constant(hint, &t)
+}
+
+/// The (G·in, G·out) block-diagonal matrix of the four groups' `nn.Linear` weights (each
+/// (out, in), so block k is weight_kᵀ), as an initializer: x (…, G·in) @ it applies group k's
+/// Linear to channels [k·in, (k+1)·in). Columns are ordered output part by output part when a
+/// weight's rows hold several parts (in_proj: all groups' x first, then all groups' z), as
+/// `Split` on the last axis expects.
+fn block_diagonal(
+    e: &mut Emitter,
+    hint: &str,
+    mut f: impl FnMut(&mut Emitter, usize) -> Tensor,
+) -> Value {
+    let weights: Vec<Tensor> = (0..GROUPS).map(|k| f(e, k)).collect();
+    let (rows, cols) = (weights[0].shape[0], weights[0].shape[1]);
+    // in_proj's rows are [x part; z part] (`cols` rows each); out_proj has one part.
+    let (width, height) = (GROUPS * rows, GROUPS * cols);
+    let mut data = vec![0.0f32; height * width];
+    for (k, weight) in weights.iter().enumerate() {
+        for r in 0..rows {
+            let (part, j) = (r / cols, r % cols);
+            let column = part * GROUPS * cols + k * cols + j;
+            for i in 0..cols {
+                data[(k * cols + i) * width + column] = weight.data[r * cols + i];
+            }
+        }
+    }
+    e.constant(hint, &Tensor::new(vec![height, width], data))
 }
 
 /// Concatenates the four groups' tensors along their first axis (channels).
