@@ -1,6 +1,7 @@
-//! With the `cuda` feature: compiles `cuda/selective_scan.cu` with nvcc into a static library and
-//! links it with the static CUDA runtime, so the op's CUDA kernel travels inside the Rust artifact
-//! (no CUDA toolkit needed where it runs, only the driver). Needs no GPU to build.
+//! With the `cuda` feature: compiles the CUDA kernels (`cuda/selective_scan.cu`, `cuda/layer_norm.cu`)
+//! with nvcc into one static library and links it with the static CUDA runtime, so the ops' CUDA
+//! kernels travel inside the Rust artifact (no CUDA toolkit needed where it runs, only the driver).
+//! Needs no GPU to build.
 //!
 //! nvcc is taken from `$NVCC`, else `$CUDA_HOME/bin/nvcc`, else the one pip installs
 //! (`pip install "nvidia-cuda-nvcc==13.0.*" "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-cccl==13.0.*"
@@ -10,8 +11,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The kernels' sources under `cuda/`, each compiled to one object of the library.
+const SOURCES: [&str; 2] = ["selective_scan", "layer_norm"];
+
 fn main() {
-    println!("cargo:rerun-if-changed=cuda/selective_scan.cu");
+    for source in SOURCES {
+        println!("cargo:rerun-if-changed=cuda/{source}.cu");
+    }
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-env-changed=GM_CUDA_ARCHS");
@@ -30,33 +36,38 @@ fn main() {
         .expect("nvcc lives in <toolkit>/bin")
         .to_path_buf();
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    let object = out.join("selective_scan.o");
     let archs = std::env::var("GM_CUDA_ARCHS").unwrap_or_else(|_| "90,87".to_string());
-    let mut cmd = Command::new(&nvcc);
-    cmd.args([
-        "-O3",
-        "-std=c++17",
-        "-Xcompiler",
-        "-fPIC",
-        "-c",
-        "cuda/selective_scan.cu",
-        "-o",
-    ])
-    .arg(&object)
-    .arg(format!("-I{}", toolkit.join("include").display()));
-    for arch in archs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-        cmd.arg(format!("-gencode=arch=compute_{arch},code=sm_{arch}"));
+    let mut objects = Vec::new();
+    for source in SOURCES {
+        let object = out.join(format!("{source}.o"));
+        let file = format!("cuda/{source}.cu");
+        let mut cmd = Command::new(&nvcc);
+        cmd.args([
+            "-O3",
+            "-std=c++17",
+            "-Xcompiler",
+            "-fPIC",
+            "-c",
+            &file,
+            "-o",
+        ])
+        .arg(&object)
+        .arg(format!("-I{}", toolkit.join("include").display()));
+        for arch in archs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            cmd.arg(format!("-gencode=arch=compute_{arch},code=sm_{arch}"));
+        }
+        let status = cmd
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", nvcc.display()));
+        assert!(status.success(), "nvcc failed on {file}");
+        objects.push(object);
     }
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", nvcc.display()));
-    assert!(status.success(), "nvcc failed on cuda/selective_scan.cu");
     let archive = out.join("libgm_scan_cuda.a");
     let _ = std::fs::remove_file(&archive);
     let status = Command::new("ar")
         .arg("rcs")
         .arg(&archive)
-        .arg(&object)
+        .args(&objects)
         .status()
         .expect("ar");
     assert!(status.success(), "ar failed");

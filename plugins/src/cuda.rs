@@ -1,5 +1,6 @@
-//! The CUDA kernel (`cuda/selective_scan.cu`, feature `cuda`): a safe launch wrapper over its C ABI.
-//! Every GPU adapter (the ONNX Runtime CUDA op, benchmarks) launches through [`launch`].
+//! The CUDA kernels (feature `cuda`): safe launch wrappers over their C ABI. Every GPU adapter (the
+//! ONNX Runtime CUDA ops, benchmarks) launches through [`launch`] (`cuda/selective_scan.cu`,
+//! `SelectiveScan`) or [`launch_grouped_layer_norm`] (`cuda/layer_norm.cu`, `GroupedLayerNorm`).
 //!
 //! Also the two host ↔ device copies a host holding device buffers needs ([`copy_to_device`],
 //! [`copy_to_host`]: gm-run's I/O binding), through the CUDA runtime this crate links anyway; it
@@ -7,9 +8,12 @@
 
 use std::ffi::c_void;
 
+use crate::norm::{NormAttributes, NormError, NormShape, MAX_GROUP_WIDTH};
 use crate::spec::{Direction, ScanError, ScanShape};
 
-/// Element type of `u`, `delta`, `B`, `C` and `y` (state and arithmetic are FP32 regardless).
+/// Element type T of a kernel's tensors: `u`, `delta`, `B`, `C` and `y` of `SelectiveScan`, `X`,
+/// `Gate` and `Y` of `GroupedLayerNorm` (state and arithmetic are FP32 regardless). The
+/// discriminants are the kernels' C ABI codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i32)]
 pub enum DeviceDtype {
@@ -92,6 +96,126 @@ pub unsafe fn launch(
     }
 }
 
+/// Device pointers of one `GroupedLayerNorm` launch: `x`, `gate` and `y` of type [`DeviceDtype`],
+/// `scale` and `bias` FP32. A null `gate` means the node has no `Gate` input.
+#[derive(Debug, Clone, Copy)]
+pub struct NormDevicePointers {
+    pub x: *const c_void,
+    pub scale: *const f32,
+    pub bias: *const f32,
+    pub gate: *const c_void,
+    pub y: *mut c_void,
+}
+
+extern "C" {
+    fn gm_grouped_layer_norm_cuda(
+        dtype: i32,
+        x: *const c_void,
+        scale: *const f32,
+        bias: *const f32,
+        gate: *const c_void,
+        y: *mut c_void,
+        rows: i64,
+        channels: i64,
+        groups: i64,
+        epsilon: f32,
+        gate_silu: i32,
+        stream: *mut c_void,
+    ) -> i32;
+}
+
+/// Enqueues `GroupedLayerNorm` on `stream` (a `cudaStream_t`; null = the default stream). An empty
+/// `shape` (no rows or no channels) enqueues nothing.
+///
+/// `shape` and `attrs` are checked again here (their fields are public, and the kernel keeps a
+/// group in registers, so `d` ≤ [`MAX_GROUP_WIDTH`] is a hard limit), before any pointer is used:
+/// what the C side would only report as `cudaErrorInvalidValue` gets its [`NormError`].
+///
+/// # Safety
+/// `x`, `y` (and `gate` when not null) must be device pointers to `shape.len()` elements of
+/// `dtype`, `scale` and `bias` to `shape.channels` FP32 values, all valid until the work on
+/// `stream` completes; `y` must not alias an input.
+pub unsafe fn launch_grouped_layer_norm(
+    dtype: DeviceDtype,
+    shape: &NormShape,
+    attrs: &NormAttributes,
+    ptrs: NormDevicePointers,
+    stream: *mut c_void,
+) -> Result<(), CudaNormError> {
+    check_norm_launch(shape, attrs)?;
+    if shape.is_empty() {
+        return Ok(());
+    }
+    let missing = [
+        ("X", ptrs.x.is_null()),
+        ("Scale", ptrs.scale.is_null()),
+        ("Bias", ptrs.bias.is_null()),
+        ("Y", ptrs.y.is_null()),
+    ];
+    if let Some((name, _)) = missing.into_iter().find(|&(_, null)| null) {
+        return Err(CudaNormError::NullPointer(name));
+    }
+    let rc = gm_grouped_layer_norm_cuda(
+        dtype as i32,
+        ptrs.x,
+        ptrs.scale,
+        ptrs.bias,
+        ptrs.gate,
+        ptrs.y,
+        shape.rows as i64,
+        shape.channels as i64,
+        shape.groups as i64,
+        attrs.epsilon,
+        i32::from(attrs.gate_silu),
+        stream,
+    );
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(CudaNormError::Launch(rc))
+    }
+}
+
+/// The checks of [`launch_grouped_layer_norm`] that need no pointer.
+fn check_norm_launch(shape: &NormShape, attrs: &NormAttributes) -> Result<(), CudaNormError> {
+    if shape.groups != attrs.groups {
+        return Err(CudaNormError::GroupsMismatch {
+            shape: shape.groups,
+            attribute: attrs.groups,
+        });
+    }
+    if shape.groups == 0 {
+        return Err(NormError::BadGroups(0).into());
+    }
+    if !(attrs.epsilon.is_finite() && attrs.epsilon >= 0.0) {
+        return Err(NormError::BadEpsilon(attrs.epsilon).into());
+    }
+    if !shape.channels.is_multiple_of(shape.groups) {
+        return Err(NormError::GroupsDoNotDivide {
+            channels: shape.channels,
+            groups: shape.groups,
+            x_shape: vec![shape.rows, shape.channels],
+        }
+        .into());
+    }
+    if shape.group_width() > MAX_GROUP_WIDTH {
+        return Err(NormError::GroupTooWide {
+            width: shape.group_width(),
+            channels: shape.channels,
+            groups: shape.groups,
+        }
+        .into());
+    }
+    let elements = shape.rows.checked_mul(shape.channels);
+    if elements.is_none_or(|n| i64::try_from(n).is_err()) {
+        return Err(CudaNormError::TooLarge {
+            rows: shape.rows,
+            channels: shape.channels,
+        });
+    }
+    Ok(())
+}
+
 extern "C" {
     fn cudaSetDevice(device: i32) -> i32;
     fn cudaMemcpy(dst: *mut c_void, src: *const c_void, bytes: usize, kind: i32) -> i32;
@@ -160,6 +284,23 @@ pub struct CudaError {
     pub message: String,
 }
 
+/// Why a `GroupedLayerNorm` launch did not happen: bad shapes/attributes, or a CUDA error.
+#[derive(Debug, thiserror::Error)]
+pub enum CudaNormError {
+    #[error(transparent)]
+    Shape(#[from] NormError),
+    #[error("shape has groups = {shape} but attribute `groups` = {attribute}")]
+    GroupsMismatch { shape: usize, attribute: usize },
+    #[error(
+        "{rows} rows × {channels} channels is more elements than the kernel indexes (2^63 − 1)"
+    )]
+    TooLarge { rows: usize, channels: usize },
+    #[error("device pointer of `{0}` is null")]
+    NullPointer(&'static str),
+    #[error("GroupedLayerNorm CUDA kernel launch failed: cudaError {0}")]
+    Launch(i32),
+}
+
 /// Why a launch did not happen: bad shapes/directions, or a CUDA error.
 #[derive(Debug, thiserror::Error)]
 pub enum CudaScanError {
@@ -167,4 +308,86 @@ pub enum CudaScanError {
     Shape(#[from] ScanError),
     #[error("SelectiveScan CUDA kernel launch failed: cudaError {0}")]
     Launch(i32),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(rows: usize, channels: usize, groups: usize) -> NormShape {
+        NormShape {
+            rows,
+            channels,
+            groups,
+        }
+    }
+
+    fn attrs(groups: usize) -> NormAttributes {
+        NormAttributes {
+            groups,
+            ..NormAttributes::default()
+        }
+    }
+
+    #[test]
+    fn norm_launch_checks_shape_and_attributes_before_any_pointer() {
+        assert!(check_norm_launch(&shape(7, 348, 4), &attrs(4)).is_ok());
+        assert!(check_norm_launch(&shape(0, 0, 1), &attrs(1)).is_ok());
+        let e = check_norm_launch(&shape(7, 348, 4), &attrs(1)).unwrap_err();
+        assert!(matches!(e, CudaNormError::GroupsMismatch { .. }), "{e}");
+        let e = check_norm_launch(&shape(7, 348, 0), &attrs(0)).unwrap_err();
+        assert!(
+            matches!(e, CudaNormError::Shape(NormError::BadGroups(0))),
+            "{e}"
+        );
+        let e = check_norm_launch(&shape(7, 6, 4), &attrs(4)).unwrap_err();
+        assert!(e.to_string().contains("not divisible"), "{e}");
+        let e = check_norm_launch(&shape(1, 2048, 1), &attrs(1)).unwrap_err();
+        assert!(e.to_string().contains("wider than"), "{e}");
+        let nan = NormAttributes {
+            epsilon: f32::NAN,
+            ..attrs(1)
+        };
+        let e = check_norm_launch(&shape(1, 8, 1), &nan).unwrap_err();
+        assert!(
+            matches!(e, CudaNormError::Shape(NormError::BadEpsilon(_))),
+            "{e}"
+        );
+        let e = check_norm_launch(&shape(usize::MAX / 2, 4, 1), &attrs(1)).unwrap_err();
+        assert!(matches!(e, CudaNormError::TooLarge { .. }), "{e}");
+    }
+
+    #[test]
+    fn norm_launch_refuses_null_pointers_of_non_empty_tensors() {
+        let null = NormDevicePointers {
+            x: std::ptr::null(),
+            scale: std::ptr::null(),
+            bias: std::ptr::null(),
+            gate: std::ptr::null(),
+            y: std::ptr::null_mut(),
+        };
+        // SAFETY: refused before the kernel is reached (null X), or empty (nothing is touched).
+        let e = unsafe {
+            launch_grouped_layer_norm(
+                DeviceDtype::F32,
+                &shape(2, 8, 1),
+                &attrs(1),
+                null,
+                std::ptr::null_mut(),
+            )
+        }
+        .unwrap_err();
+        assert!(matches!(e, CudaNormError::NullPointer("X")), "{e}");
+        // SAFETY: as above.
+        let empty = unsafe {
+            launch_grouped_layer_norm(
+                DeviceDtype::F16,
+                &shape(0, 8, 1),
+                &attrs(1),
+                null,
+                std::ptr::null_mut(),
+            )
+        };
+        assert!(empty.is_ok());
+    }
 }

@@ -13,6 +13,9 @@
 //! - `ort_op` (feature `ort`): the op for ONNX Runtime through the `ort` crate (CPU EP),
 //!   registered with `SessionBuilder::with_operators(gm_ops::ort_op::domain()?)`; the same op
 //!   ships as a custom-op library for any ONNX Runtime user (`plugins/ort-library`);
+//! - [`norm`], `tract_norm_op`, `ort_norm_op`: the second op, `ai.groupmamba::GroupedLayerNorm`
+//!   (SPEC.md §8): its contract and float32 reference kernel, and its tract and ONNX Runtime CPU
+//!   adapters, installed by the same `tract_op::register` and `ort_op::domain()`;
 //! - `cuda` (feature `cuda`): the CUDA kernel (`cuda/selective_scan.cu`, built by build.rs with
 //!   nvcc and linked statically) behind a safe launch wrapper;
 //! - `ort_cuda_op` (features `ort` + `cuda`): the op for ONNX Runtime's CUDA execution provider
@@ -29,10 +32,16 @@ pub mod cuda;
 pub mod fastmath;
 pub mod norm;
 #[cfg(all(feature = "ort", feature = "cuda"))]
+pub mod ort_cuda_norm_op;
+#[cfg(all(feature = "ort", feature = "cuda"))]
 pub mod ort_cuda_op;
+#[cfg(feature = "ort")]
+pub mod ort_norm_op;
 #[cfg(feature = "ort")]
 pub mod ort_op;
 pub mod spec;
+#[cfg(feature = "tract")]
+pub mod tract_norm_op;
 #[cfg(feature = "tract")]
 pub mod tract_op;
 

@@ -289,7 +289,9 @@ pub fn grouped_layer_norm(
         check(NormInput::X, len, inputs.x.len()),
         check(NormInput::Scale, shape.channels, inputs.scale.len()),
         check(NormInput::Bias, shape.channels, inputs.bias.len()),
-        inputs.gate.and_then(|g| check(NormInput::Gate, len, g.len())),
+        inputs
+            .gate
+            .and_then(|g| check(NormInput::Gate, len, g.len())),
     ];
     if let Some(e) = checks.into_iter().flatten().next() {
         return Err(e);
@@ -331,8 +333,9 @@ mod tests {
     fn norm(x: &[f32], groups: usize, gate: Option<&[f32]>, silu_gate: bool) -> Vec<f32> {
         let c = 4;
         let dims = [x.len() / c, c];
-        let shape = NormShape::from_input_shapes(&dims, &[c], &[c], gate.map(|_| &dims[..]), groups)
-        .unwrap();
+        let shape =
+            NormShape::from_input_shapes(&dims, &[c], &[c], gate.map(|_| &dims[..]), groups)
+                .unwrap();
         let attrs = NormAttributes {
             groups,
             epsilon: 0.0,
@@ -380,11 +383,18 @@ mod tests {
     #[test]
     fn rejects_bad_shapes_and_attributes_naming_them() {
         let e = NormShape::from_input_shapes(&[2, 6], &[6], &[6], None, 4).unwrap_err();
-        assert!(e.to_string().contains("not divisible by attribute `groups` = 4"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("not divisible by attribute `groups` = 4"),
+            "{e}"
+        );
         let e = NormShape::from_input_shapes(&[2, 6], &[5], &[6], None, 1).unwrap_err();
         assert!(e.to_string().contains("input `Scale` has shape [5]"), "{e}");
         let e = NormShape::from_input_shapes(&[2, 6], &[6], &[6], Some(&[2, 3]), 1).unwrap_err();
-        assert!(e.to_string().contains("input `Gate` has shape [2, 3]"), "{e}");
+        assert!(
+            e.to_string().contains("input `Gate` has shape [2, 3]"),
+            "{e}"
+        );
         let e = NormShape::from_input_shapes(&[], &[1], &[1], None, 1).unwrap_err();
         assert!(e.to_string().contains("rank ≥ 1"), "{e}");
         let e = NormShape::from_input_shapes(&[1, 2048], &[2048], &[2048], None, 1).unwrap_err();

@@ -67,7 +67,8 @@ impl SelectiveScanCudaOperator {
     }
 }
 
-fn element_type(dtype: DeviceDtype) -> TensorElementType {
+/// ONNX Runtime's element type for T (shared with `ort_cuda_norm_op`).
+pub(crate) fn element_type(dtype: DeviceDtype) -> TensorElementType {
     match dtype {
         DeviceDtype::F32 => TensorElementType::Float32,
         DeviceDtype::F16 => TensorElementType::Float16,
@@ -75,7 +76,8 @@ fn element_type(dtype: DeviceDtype) -> TensorElementType {
     }
 }
 
-fn type_name(dtype: DeviceDtype) -> &'static str {
+/// T's name in messages (shared with `ort_cuda_norm_op`).
+pub(crate) fn type_name(dtype: DeviceDtype) -> &'static str {
     match dtype {
         DeviceDtype::F32 => "float32",
         DeviceDtype::F16 => "float16",

@@ -1,8 +1,10 @@
 //! `ai.groupmamba::SelectiveScan` for tract-onnx 0.23.9.
 //!
-//! [`register`] adds a builder for the `SelectiveScan` op type to an [`Onnx`] framework.
-//! tract's registry is keyed by op type only, so the builder checks the node's domain
-//! (`ai.groupmamba`) and the model's import of that operator set (version 1) itself.
+//! [`register`] adds a builder for the `SelectiveScan` op type to an [`Onnx`] framework (and
+//! the one for `GroupedLayerNorm`, [`crate::tract_norm_op`], so that one call installs the
+//! whole `ai.groupmamba` operator set). tract's registry is keyed by op type only, so the
+//! builder checks the node's domain (`ai.groupmamba`) and the model's import of that operator
+//! set (version 1) itself.
 //! The node becomes an [`Expansion`] (inference rules: y has u's type and shape, the
 //! other inputs are tied to u's and B's dimensions) that wires one core op,
 //! [`SelectiveScanOp`]: stateless, typed (`output_facts` keeps u's shape, so a symbolic
@@ -23,13 +25,17 @@ use crate::spec::{
     Direction, ScanInput, ScanShape, ATTR_DIRECTIONS, DOMAIN, OPSET_VERSION, OP_TYPE,
 };
 
-/// Installs the `SelectiveScan` builder in `onnx`'s op registry.
+/// Installs the builders of every `ai.groupmamba` op in `onnx`'s op registry: `SelectiveScan`
+/// and `GroupedLayerNorm` ([`crate::tract_norm_op`]). The one call a tract user makes, so that a
+/// model using either op loads wherever the other one does.
 pub fn register(onnx: &mut Onnx) {
     onnx.op_register.insert(OP_TYPE, build);
+    crate::tract_norm_op::register(onnx);
 }
 
-/// Describes a node for error messages: `node "name" (ai.groupmamba::SelectiveScan)`.
-fn node_label(node: &NodeProto) -> String {
+/// Describes a node for error messages: `node "name" (ai.groupmamba::SelectiveScan)` (any op
+/// type: shared with `tract_norm_op`).
+pub(crate) fn node_label(node: &NodeProto) -> String {
     let name = if node.name.is_empty() {
         node.output
             .first()
@@ -51,22 +57,7 @@ fn build(
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let label = node_label(node);
-    if node.domain != DOMAIN {
-        bail!(
-            "{label}: SelectiveScan is only defined in domain \"{DOMAIN}\", this node's domain is \"{}\"",
-            node.domain
-        );
-    }
-    match ctx.model.opset_import.iter().find(|op| op.domain == DOMAIN) {
-        Some(import) if import.version == OPSET_VERSION => (),
-        Some(import) => bail!(
-            "{label}: the model imports operator set \"{DOMAIN}\" version {}, this runtime implements version {OPSET_VERSION}",
-            import.version
-        ),
-        None => bail!(
-            "{label}: the model does not import operator set \"{DOMAIN}\" (expected version {OPSET_VERSION} in opset_import)"
-        ),
-    }
+    check_domain_and_opset(ctx, node, &label)?;
     let raw: Vec<i64> = node
         .get_attr_opt_vec(ATTR_DIRECTIONS)
         .with_context(|| format!("{label}: reading attribute `{ATTR_DIRECTIONS}`"))?
@@ -88,6 +79,33 @@ fn build(
         bail!("{label}: has exactly one output (y), got {:?}", node.output);
     }
     Ok((expand(SelectiveScan { directions }), vec![]))
+}
+
+/// Checks what tract's registry, keyed by op type only, cannot: the node's domain is
+/// `ai.groupmamba` and the model imports that operator set at the version implemented here.
+/// Shared by the builders of all `ai.groupmamba` ops.
+pub(crate) fn check_domain_and_opset(
+    ctx: &ParsingContext,
+    node: &NodeProto,
+    label: &str,
+) -> TractResult<()> {
+    if node.domain != DOMAIN {
+        bail!(
+            "{label}: {} is only defined in domain \"{DOMAIN}\", this node's domain is \"{}\"",
+            node.op_type,
+            node.domain
+        );
+    }
+    match ctx.model.opset_import.iter().find(|op| op.domain == DOMAIN) {
+        Some(import) if import.version == OPSET_VERSION => Ok(()),
+        Some(import) => bail!(
+            "{label}: the model imports operator set \"{DOMAIN}\" version {}, this runtime implements version {OPSET_VERSION}",
+            import.version
+        ),
+        None => bail!(
+            "{label}: the model does not import operator set \"{DOMAIN}\" (expected version {OPSET_VERSION} in opset_import)"
+        ),
+    }
 }
 
 /// The inference-level op: shape/type rules, then wires a [`SelectiveScanOp`].

@@ -58,13 +58,15 @@ pub fn random(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
 pub const SCAN_NODE: &str = "block1.0.scan";
 const FLOAT: i32 = DataType::Float as i32;
 
+/// One dimension of a [`value_info`]: symbolic (`dim_param`) or fixed.
 #[derive(Clone, Copy)]
-enum Dim {
+pub enum Dim {
     Sym(&'static str),
     Val(i64),
 }
 
-fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> pb::ValueInfoProto {
+/// A tensor graph input or output `name` of ONNX element type `elem_type` and shape `dims`.
+pub fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> pb::ValueInfoProto {
     use pb::tensor_shape_proto::dimension::Value;
     let dim = dims
         .iter()

@@ -13,8 +13,13 @@ use gm_tests::fixtures::{max_abs, Fixture};
 const TOL: f32 = 1e-4;
 
 fn check_case(case: &str, scan: ScanMode) {
+    check_export(case, scan, false);
+}
+
+fn check_export(case: &str, scan: ScanMode, fused_norms: bool) {
     let fixture = Fixture::load(case);
-    let out = fixture.export(&format!("{scan:?}"), FloatType::F32, scan, true);
+    let tag = format!("{scan:?}-fused-{fused_norms}");
+    let out = fixture.export_with(&tag, FloatType::F32, scan, fused_norms, true);
     let mut backend = TractBackend::load(&out).unwrap();
     let names = backend.output_names().to_vec();
     let outputs = backend.run(&fixture.input).unwrap();
@@ -29,6 +34,18 @@ fn custom_64x64_matches_official_logits_and_intermediates() {
 #[test]
 fn custom_72x100_odd_non_square_matches_official() {
     check_case("custom-72x100", ScanMode::CustomOp);
+}
+
+/// `--fuse-norms` (every LayerNorm one GroupedLayerNorm node, out_norm's affine and SiLU gate
+/// fused, block-diagonal in/out projections): the same tolerance, intermediates included.
+#[test]
+fn custom_64x64_fused_norms_matches_official() {
+    check_export("custom-64x64", ScanMode::CustomOp, true);
+}
+
+#[test]
+fn custom_72x100_fused_norms_matches_official() {
+    check_export("custom-72x100", ScanMode::CustomOp, true);
 }
 
 /// The portable export (standard ONNX ops only) must match the official model as closely.
@@ -58,6 +75,10 @@ fn custom_72x100_function_export_matches_official() {
 /// FP16 export (weights and activations FP16, scan state FP32) through tract: logits must keep
 /// cosine similarity ≥ 0.9999 with the official FP32 logits and the same top-1 class.
 fn check_fp16_case(case: &str, scan: ScanMode) {
+    check_fp16_export(case, scan, false);
+}
+
+fn check_fp16_export(case: &str, scan: ScanMode, fused_norms: bool) {
     let fixture = Fixture::load(case);
     // One file per mode: the tests run in parallel.
     let tag = match scan {
@@ -65,7 +86,8 @@ fn check_fp16_case(case: &str, scan: ScanMode) {
         ScanMode::Portable { .. } => "fp16-portable",
         ScanMode::Function { .. } => "fp16-function",
     };
-    let out = fixture.export(tag, FloatType::F16, scan, false);
+    let tag = format!("{tag}-fused-{fused_norms}");
+    let out = fixture.export_with(&tag, FloatType::F16, scan, fused_norms, false);
     let mut backend = TractBackend::load(&out).unwrap();
     let logits = backend.run(&fixture.input).unwrap().remove(0);
     let (_, expected) = fixture.reference("logits").unwrap();
@@ -79,7 +101,7 @@ fn check_fp16_case(case: &str, scan: ScanMode) {
     let cosine = dot / (norm(&logits.data) * norm(&expected));
     let argmax = |v: &[f32]| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap();
     println!(
-        "{case} fp16 ({scan:?}): cosine {cosine:.7}, max abs err {:.3e}, top-1 {} vs official {}",
+        "{case} fp16 ({scan:?}, fused norms {fused_norms}): cosine {cosine:.7}, max abs err {:.3e}, top-1 {} vs official {}",
         max_abs(&logits.data, &expected),
         argmax(&logits.data),
         argmax(&expected)
@@ -111,4 +133,9 @@ fn custom_72x100_fp16_portable_keeps_cosine_and_top1() {
 #[test]
 fn custom_72x100_fp16_keeps_cosine_and_top1() {
     check_fp16_case("custom-72x100", ScanMode::CustomOp);
+}
+
+#[test]
+fn custom_72x100_fp16_fused_norms_keeps_cosine_and_top1() {
+    check_fp16_export("custom-72x100", ScanMode::CustomOp, true);
 }
