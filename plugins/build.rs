@@ -1,6 +1,7 @@
-//! With the `cuda` feature: compiles the CUDA kernels (`cuda/selective_scan.cu`, `cuda/layer_norm.cu`)
-//! with nvcc into one static library and links it with the static CUDA runtime, so the ops' CUDA
-//! kernels travel inside the Rust artifact (no CUDA toolkit needed where it runs, only the driver).
+//! With the `cuda` feature: compiles the CUDA kernels (`cuda/selective_scan.cu`, `cuda/layer_norm.cu`,
+//! `cuda/depthwise_conv.cu`) with nvcc into one static library and links it with the static CUDA
+//! runtime, so the ops' CUDA kernels travel inside the Rust artifact (no CUDA toolkit needed where
+//! it runs, only the driver).
 //! Needs no GPU to build.
 //!
 //! nvcc is taken from `$NVCC`, else `$CUDA_HOME/bin/nvcc`, else the one pip installs
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The kernels' sources under `cuda/`, each compiled to one object of the library.
-const SOURCES: [&str; 2] = ["selective_scan", "layer_norm"];
+const SOURCES: [&str; 3] = ["selective_scan", "layer_norm", "depthwise_conv"];
 
 fn main() {
     for source in SOURCES {

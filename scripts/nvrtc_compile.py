@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Compiles the device code of the CUDA kernels in plugins/cuda (selective_scan.cu, layer_norm.cu)
-with NVRTC to PTX, then to a cubin with ptxas, for GPUs that the installed nvcc no longer targets
+"""Compiles the device code of the CUDA kernels in plugins/cuda (selective_scan.cu, layer_norm.cu,
+depthwise_conv.cu) with NVRTC to PTX, then to a cubin with ptxas, for GPUs that the installed nvcc no longer targets
 (sm_72, Jetson Xavier: CUDA 13 dropped it; NVRTC and ptxas of CUDA 12.9 from PyPI still have it).
 
     python3 scripts/nvrtc_compile.py --nvrtc LIBNVRTC --ptxas PTXAS --include DIR --arch 72 --out DIR
@@ -35,10 +35,14 @@ NORM_KERNELS = [
     for per in (4, 8, 16, 32)
     if per >= v
 ]
+# The kernels gm_depthwise_conv_cuda launches (launch_conv_k): K = 1, 3, 5, 7 in every type (the load
+# width is a switch inside the kernel, not a template parameter).
+DWCONV_KERNELS = [f"depthwise_conv_kernel<{t}, {k}>" for t in TYPES for k in (1, 3, 5, 7)]
 # name -> (file in plugins/cuda, kernel instantiations)
 SOURCES = {
     "selective_scan": ("selective_scan.cu", SCAN_KERNELS),
     "layer_norm": ("layer_norm.cu", NORM_KERNELS),
+    "depthwise_conv": ("depthwise_conv.cu", DWCONV_KERNELS),
 }
 
 

@@ -43,20 +43,22 @@ pub struct ExportOptions {
     /// (cast at the edges) and the scan's state and per-channel parameters FP32.
     pub precision: FloatType,
     pub scan: ScanMode,
-    /// Every LayerNorm as one `ai.groupmamba::GroupedLayerNorm` node (with SS2D's out_norm
-    /// affine and SiLU gate fused in): fewer, faster kernels on GPUs. Needs `ScanMode::CustomOp`
-    /// (the other modes exist for runtimes without our ops).
-    pub fused_norms: bool,
+    /// Fused `ai.groupmamba` operators for the memory-bound chains around the scan: every
+    /// LayerNorm as one `GroupedLayerNorm` (SS2D's out_norm with its affine and SiLU gate fused
+    /// in) and every depthwise convolution, with its bias, the preceding Linear's bias and its
+    /// activation, as one `DepthwiseConv`: fewer, faster kernels on GPUs. Needs
+    /// `ScanMode::CustomOp` (the other modes exist for runtimes without our ops).
+    pub fused_ops: bool,
     pub out: PathBuf,
 }
 
 #[derive(Debug, Error)]
 pub enum ExportError {
     #[error(
-        "--fuse-norms needs --scan custom: `{scan}` is for runtimes without our ops, and \
-         GroupedLayerNorm is one of them"
+        "--fused-ops needs --scan custom: `{scan}` is for runtimes without our ops, and \
+         the fused operators are ours"
     )]
-    FusedNormsNeedCustomScan { scan: String },
+    FusedOpsNeedCustomScan { scan: String },
     #[error("--{option} {value}: the input size must be between 1 and {MAX_SIDE} pixels")]
     InputSize { option: &'static str, value: usize },
     #[error("--out {path}: the output folder {folder} does not exist")]
@@ -90,8 +92,8 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport, ExportError> {
             return Err(ExportError::InputSize { option, value });
         }
     }
-    if opts.fused_norms && opts.scan != ScanMode::CustomOp {
-        return Err(ExportError::FusedNormsNeedCustomScan {
+    if opts.fused_ops && opts.scan != ScanMode::CustomOp {
+        return Err(ExportError::FusedOpsNeedCustomScan {
             scan: scan_name(opts.scan),
         });
     }
@@ -165,7 +167,7 @@ pub fn build_model(
         opts.debug_outputs,
     );
     e.scan = opts.scan;
-    e.fused_norms = opts.fused_norms;
+    e.fused_ops = opts.fused_ops;
     let images = e.g.input(
         "images",
         DataType::Float,
@@ -208,8 +210,8 @@ pub fn build_model(
         ),
         ("groupmamba.scan".to_string(), scan_name(opts.scan)),
         (
-            "groupmamba.norms".to_string(),
-            norms_name(opts.fused_norms).to_string(),
+            "groupmamba.fused_ops".to_string(),
+            fused_ops_name(opts.fused_ops).to_string(),
         ),
         ("groupmamba.output".to_string(), output_meta(cfg)),
     ];
@@ -272,12 +274,13 @@ pub fn scan_name(scan: ScanMode) -> String {
     }
 }
 
-/// How the LayerNorms are written (metadata `groupmamba.norms`).
-pub fn norms_name(fused: bool) -> &'static str {
+/// Whether LayerNorms and depthwise convolutions are fused operators (metadata
+/// `groupmamba.fused_ops`).
+pub fn fused_ops_name(fused: bool) -> &'static str {
     if fused {
-        "fused (ai.groupmamba::GroupedLayerNorm)"
+        "ai.groupmamba::GroupedLayerNorm, ai.groupmamba::DepthwiseConv"
     } else {
-        "standard (LayerNormalization)"
+        "none (standard LayerNormalization and Conv)"
     }
 }
 
@@ -387,7 +390,7 @@ mod tests {
             allow_nonfinite: false,
             precision: FloatType::F32,
             scan,
-            fused_norms: false,
+            fused_ops: false,
             out: PathBuf::from("unused.onnx"),
         };
         build_model(&model, &weights, &opts, vec![])

@@ -1,6 +1,7 @@
 //! The CUDA kernels (feature `cuda`): safe launch wrappers over their C ABI. Every GPU adapter (the
 //! ONNX Runtime CUDA ops, benchmarks) launches through [`launch`] (`cuda/selective_scan.cu`,
-//! `SelectiveScan`) or [`launch_grouped_layer_norm`] (`cuda/layer_norm.cu`, `GroupedLayerNorm`).
+//! `SelectiveScan`), [`launch_grouped_layer_norm`] (`cuda/layer_norm.cu`, `GroupedLayerNorm`) or
+//! [`launch_depthwise_conv`] (`cuda/depthwise_conv.cu`, `DepthwiseConv`).
 //!
 //! Also the two host ↔ device copies a host holding device buffers needs ([`copy_to_device`],
 //! [`copy_to_host`]: gm-run's I/O binding), through the CUDA runtime this crate links anyway; it
@@ -8,12 +9,13 @@
 
 use std::ffi::c_void;
 
+use crate::dwconv::{check_kernel, ConvAttributes, ConvError, ConvShape};
 use crate::norm::{NormAttributes, NormError, NormShape, MAX_GROUP_WIDTH};
 use crate::spec::{Direction, ScanError, ScanShape};
 
 /// Element type T of a kernel's tensors: `u`, `delta`, `B`, `C` and `y` of `SelectiveScan`, `X`,
-/// `Gate` and `Y` of `GroupedLayerNorm` (state and arithmetic are FP32 regardless). The
-/// discriminants are the kernels' C ABI codes.
+/// `Gate` and `Y` of `GroupedLayerNorm`, `X` and `Y` of `DepthwiseConv` (state and arithmetic are
+/// FP32 regardless). The discriminants are the kernels' C ABI codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i32)]
 pub enum DeviceDtype {
@@ -216,6 +218,121 @@ fn check_norm_launch(shape: &NormShape, attrs: &NormAttributes) -> Result<(), Cu
     Ok(())
 }
 
+/// Device pointers of one `DepthwiseConv` launch: `x` and `y` of type [`DeviceDtype`], `w`, `b` and
+/// `input_bias` FP32. A null `input_bias` means the node has no `InputBias` input.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvDevicePointers {
+    pub x: *const c_void,
+    pub w: *const f32,
+    pub b: *const f32,
+    pub input_bias: *const f32,
+    pub y: *mut c_void,
+}
+
+extern "C" {
+    fn gm_depthwise_conv_cuda(
+        dtype: i32,
+        x: *const c_void,
+        w: *const f32,
+        b: *const f32,
+        input_bias: *const f32,
+        y: *mut c_void,
+        n: i64,
+        c: i64,
+        h: i64,
+        w_: i64,
+        k: i64,
+        activation: i32,
+        stream: *mut c_void,
+    ) -> i32;
+}
+
+/// Largest `C`, `H` and `W` the `DepthwiseConv` kernel takes (it keeps channels and tile
+/// coordinates in 32-bit integers).
+pub const MAX_CONV_DIM: usize = 1 << 30;
+
+/// Enqueues `DepthwiseConv` on `stream` (a `cudaStream_t`; null = the default stream). An empty
+/// `shape` (N, C, H or W = 0) enqueues nothing.
+///
+/// `shape` is checked again here (its fields are public, and the kernel unrolls the taps, so K odd
+/// and ≤ [`crate::dwconv::MAX_KERNEL`] is a hard limit), before any pointer is used: what the C
+/// side would only report as `cudaErrorInvalidValue` gets its [`ConvError`] or [`CudaConvError`].
+///
+/// # Safety
+/// `x` and `y` must be device pointers to `shape.len()` elements of `dtype`, `w` to
+/// `shape.weight_len()` FP32 values, `b` (and `input_bias` when not null) to `shape.channels` FP32
+/// values, all valid until the work on `stream` completes; `y` must not alias an input.
+pub unsafe fn launch_depthwise_conv(
+    dtype: DeviceDtype,
+    shape: &ConvShape,
+    attrs: &ConvAttributes,
+    ptrs: ConvDevicePointers,
+    stream: *mut c_void,
+) -> Result<(), CudaConvError> {
+    check_conv_launch(shape)?;
+    if conv_is_empty(shape) {
+        return Ok(());
+    }
+    let missing = [
+        ("X", ptrs.x.is_null()),
+        ("W", ptrs.w.is_null()),
+        ("B", ptrs.b.is_null()),
+        ("Y", ptrs.y.is_null()),
+    ];
+    if let Some((name, _)) = missing.into_iter().find(|&(_, null)| null) {
+        return Err(CudaConvError::NullPointer(name));
+    }
+    let rc = gm_depthwise_conv_cuda(
+        dtype as i32,
+        ptrs.x,
+        ptrs.w,
+        ptrs.b,
+        ptrs.input_bias,
+        ptrs.y,
+        shape.batch as i64,
+        shape.channels as i64,
+        shape.height as i64,
+        shape.width as i64,
+        shape.kernel as i64,
+        attrs.activation.as_code(),
+        stream,
+    );
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(CudaConvError::Launch(rc))
+    }
+}
+
+/// Whether `X` has no element (without forming N·C·H·W, which may overflow for a refused shape).
+fn conv_is_empty(shape: &ConvShape) -> bool {
+    [shape.batch, shape.channels, shape.height, shape.width].contains(&0)
+}
+
+/// The checks of [`launch_depthwise_conv`] that need no pointer.
+fn check_conv_launch(shape: &ConvShape) -> Result<(), CudaConvError> {
+    check_kernel(shape.kernel)?;
+    let too_large = || CudaConvError::TooLarge {
+        shape: [shape.batch, shape.channels, shape.height, shape.width],
+    };
+    if conv_is_empty(shape) {
+        return Ok(());
+    }
+    if [shape.channels, shape.height, shape.width]
+        .iter()
+        .any(|&d| d > MAX_CONV_DIM)
+    {
+        return Err(too_large());
+    }
+    let elements = [shape.channels, shape.height, shape.width]
+        .iter()
+        .try_fold(shape.batch, |acc, &d| acc.checked_mul(d));
+    if elements.is_none_or(|n| i64::try_from(n).is_err()) {
+        return Err(too_large());
+    }
+    Ok(())
+}
+
 extern "C" {
     fn cudaSetDevice(device: i32) -> i32;
     fn cudaMemcpy(dst: *mut c_void, src: *const c_void, bytes: usize, kind: i32) -> i32;
@@ -298,6 +415,21 @@ pub enum CudaNormError {
     #[error("device pointer of `{0}` is null")]
     NullPointer(&'static str),
     #[error("GroupedLayerNorm CUDA kernel launch failed: cudaError {0}")]
+    Launch(i32),
+}
+
+/// Why a `DepthwiseConv` launch did not happen: bad shapes, or a CUDA error.
+#[derive(Debug, thiserror::Error)]
+pub enum CudaConvError {
+    #[error(transparent)]
+    Shape(#[from] ConvError),
+    #[error(
+        "X of shape {shape:?} is larger than the kernel indexes (C, H, W ≤ 2^30, N·C·H·W ≤ 2^63 − 1)"
+    )]
+    TooLarge { shape: [usize; 4] },
+    #[error("device pointer of `{0}` is null")]
+    NullPointer(&'static str),
+    #[error("DepthwiseConv CUDA kernel launch failed: cudaError {0}")]
     Launch(i32),
 }
 
@@ -384,6 +516,82 @@ mod tests {
                 DeviceDtype::F16,
                 &shape(0, 8, 1),
                 &attrs(1),
+                null,
+                std::ptr::null_mut(),
+            )
+        };
+        assert!(empty.is_ok());
+    }
+
+    fn conv(
+        batch: usize,
+        channels: usize,
+        height: usize,
+        width: usize,
+        kernel: usize,
+    ) -> ConvShape {
+        ConvShape {
+            batch,
+            channels,
+            height,
+            width,
+            kernel,
+        }
+    }
+
+    #[test]
+    fn conv_launch_checks_the_shape_before_any_pointer() {
+        assert!(check_conv_launch(&conv(128, 64, 56, 56, 3)).is_ok());
+        assert!(check_conv_launch(&conv(1, 3, 1, 1, 7)).is_ok());
+        assert!(check_conv_launch(&conv(0, 3, 5, 5, 1)).is_ok());
+        let e = check_conv_launch(&conv(1, 3, 5, 5, 4)).unwrap_err();
+        assert!(
+            matches!(e, CudaConvError::Shape(ConvError::EvenKernel(4))),
+            "{e}"
+        );
+        let e = check_conv_launch(&conv(1, 3, 5, 5, 9)).unwrap_err();
+        assert!(
+            matches!(e, CudaConvError::Shape(ConvError::KernelTooLarge(9))),
+            "{e}"
+        );
+        // An empty X still needs a valid K (the C side checks K first too).
+        assert!(check_conv_launch(&conv(0, 3, 5, 5, 2)).is_err());
+        let e = check_conv_launch(&conv(1, 1, MAX_CONV_DIM + 1, 1, 3)).unwrap_err();
+        assert!(matches!(e, CudaConvError::TooLarge { .. }), "{e}");
+        let e = check_conv_launch(&conv(usize::MAX / 4, 4, 4, 4, 3)).unwrap_err();
+        assert!(matches!(e, CudaConvError::TooLarge { .. }), "{e}");
+        // A zero dimension with huge others is empty, not an overflow.
+        assert!(check_conv_launch(&conv(0, usize::MAX, usize::MAX, usize::MAX, 3)).is_ok());
+    }
+
+    #[test]
+    fn conv_launch_refuses_null_pointers_of_non_empty_tensors() {
+        let null = ConvDevicePointers {
+            x: std::ptr::null(),
+            w: std::ptr::null(),
+            b: std::ptr::null(),
+            input_bias: std::ptr::null(),
+            y: std::ptr::null_mut(),
+        };
+        let attrs = ConvAttributes::default();
+        // SAFETY: refused before the kernel is reached (null X), or empty (nothing is touched).
+        let e = unsafe {
+            launch_depthwise_conv(
+                DeviceDtype::F32,
+                &conv(1, 2, 3, 3, 3),
+                &attrs,
+                null,
+                std::ptr::null_mut(),
+            )
+        }
+        .unwrap_err();
+        assert!(matches!(e, CudaConvError::NullPointer("X")), "{e}");
+        // SAFETY: as above.
+        let empty = unsafe {
+            launch_depthwise_conv(
+                DeviceDtype::Bf16,
+                &conv(2, 0, 3, 3, 3),
+                &attrs,
                 null,
                 std::ptr::null_mut(),
             )

@@ -16,11 +16,16 @@
 //! - [`norm`], `tract_norm_op`, `ort_norm_op`: the second op, `ai.groupmamba::GroupedLayerNorm`
 //!   (SPEC.md §8): its contract and float32 reference kernel, and its tract and ONNX Runtime CPU
 //!   adapters, installed by the same `tract_op::register` and `ort_op::domain()`;
-//! - `cuda` (feature `cuda`): the CUDA kernel (`cuda/selective_scan.cu`, built by build.rs with
-//!   nvcc and linked statically) behind a safe launch wrapper;
-//! - `ort_cuda_op` (features `ort` + `cuda`): the op for ONNX Runtime's CUDA execution provider
-//!   (float32, float16 and bfloat16 inputs, device pointers, the provider's compute stream),
-//!   added to `ort_op::domain()` next to the CPU op.
+//! - [`dwconv`], `tract_dwconv_op`, `ort_dwconv_op`: the third op, `ai.groupmamba::DepthwiseConv`
+//!   (SPEC.md §9: depthwise K×K conv + bias, optional input bias, SiLU/GELU): its contract and
+//!   float32 reference kernel, and its tract and ONNX Runtime CPU adapters, installed by the same
+//!   two registration points;
+//! - `cuda` (feature `cuda`): the CUDA kernels (`cuda/selective_scan.cu`, `cuda/layer_norm.cu`,
+//!   `cuda/depthwise_conv.cu`, built by build.rs with nvcc and linked statically) behind safe
+//!   launch wrappers;
+//! - `ort_cuda_op`, `ort_cuda_norm_op`, `ort_cuda_dwconv_op` (features `ort` + `cuda`): the ops for
+//!   ONNX Runtime's CUDA execution provider (float32, float16 and bfloat16 inputs, device
+//!   pointers, the provider's compute stream), added to `ort_op::domain()` next to the CPU ops.
 //!
 //! Not covered yet: d_state N > 1 (GroupMamba uses N = 1), returning the last state,
 //! z-gating inside the op, float16/bfloat16 in the float32 CPU kernel (the tract adapter
@@ -29,17 +34,24 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod dwconv;
 pub mod fastmath;
 pub mod norm;
+#[cfg(all(feature = "ort", feature = "cuda"))]
+pub mod ort_cuda_dwconv_op;
 #[cfg(all(feature = "ort", feature = "cuda"))]
 pub mod ort_cuda_norm_op;
 #[cfg(all(feature = "ort", feature = "cuda"))]
 pub mod ort_cuda_op;
 #[cfg(feature = "ort")]
+pub mod ort_dwconv_op;
+#[cfg(feature = "ort")]
 pub mod ort_norm_op;
 #[cfg(feature = "ort")]
 pub mod ort_op;
 pub mod spec;
+#[cfg(feature = "tract")]
+pub mod tract_dwconv_op;
 #[cfg(feature = "tract")]
 pub mod tract_norm_op;
 #[cfg(feature = "tract")]

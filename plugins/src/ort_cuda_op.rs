@@ -67,7 +67,7 @@ impl SelectiveScanCudaOperator {
     }
 }
 
-/// ONNX Runtime's element type for T (shared with `ort_cuda_norm_op`).
+/// ONNX Runtime's element type for T (shared with `ort_cuda_norm_op` and `ort_cuda_dwconv_op`).
 pub(crate) fn element_type(dtype: DeviceDtype) -> TensorElementType {
     match dtype {
         DeviceDtype::F32 => TensorElementType::Float32,
@@ -76,7 +76,7 @@ pub(crate) fn element_type(dtype: DeviceDtype) -> TensorElementType {
     }
 }
 
-/// T's name in messages (shared with `ort_cuda_norm_op`).
+/// T's name in messages (shared with `ort_cuda_norm_op` and `ort_cuda_dwconv_op`).
 pub(crate) fn type_name(dtype: DeviceDtype) -> &'static str {
     match dtype {
         DeviceDtype::F32 => "float32",

@@ -95,12 +95,12 @@ impl Operator for GroupedLayerNormOperator {
 /// One attribute of type `T`: `None` when absent. `KernelContext::get` answers `None` both for an
 /// absent attribute and for one of another type; the second is told apart (by reading it as the
 /// other attribute types) so that `groups = 4.0` is refused instead of read as the default.
-fn attribute<'a, T>(
+/// Shared with `ort_dwconv_op`: the error is the bare message, each op's `fail` names the node.
+pub(crate) fn attribute<'a, T>(
     ctx: &KernelContext<'a>,
-    node: &str,
     name: &str,
     kind: &str,
-) -> ort::Result<Option<T>>
+) -> Result<Option<T>, String>
 where
     T: ort::operator::FromKernelContext<'a>,
 {
@@ -113,9 +113,8 @@ where
         || ctx.get::<Vec<i64>>(name).is_some()
         || ctx.get::<Vec<f32>>(name).is_some();
     if present {
-        return Err(fail(
-            node,
-            format!("attribute `{name}` has the wrong type: must be {kind}"),
+        return Err(format!(
+            "attribute `{name}` has the wrong type: must be {kind}"
         ));
     }
     Ok(None)
@@ -135,9 +134,10 @@ pub(crate) fn parse_node(ctx: &KernelContext<'_>) -> ort::Result<(String, NormAt
             format!("has exactly one output (Y), got {}", outputs.len()),
         ));
     }
-    let groups = attribute::<i64>(ctx, &node, ATTR_GROUPS, "an int")?;
-    let epsilon = attribute::<f32>(ctx, &node, ATTR_EPSILON, "a float")?;
-    let gate_silu = attribute::<i64>(ctx, &node, ATTR_GATE_SILU, "an int (0 or 1)")?;
+    let read = |e: String| fail(&node, e);
+    let groups = attribute::<i64>(ctx, ATTR_GROUPS, "an int").map_err(read)?;
+    let epsilon = attribute::<f32>(ctx, ATTR_EPSILON, "a float").map_err(read)?;
+    let gate_silu = attribute::<i64>(ctx, ATTR_GATE_SILU, "an int (0 or 1)").map_err(read)?;
     let attrs = NormAttributes::new(groups, epsilon, gate_silu).map_err(|e| fail(&node, e))?;
     Ok((node, attrs))
 }

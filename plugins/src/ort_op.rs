@@ -2,8 +2,9 @@
 //! (CPU execution provider; with the `cuda` feature [`domain`] also holds the CUDA execution
 //! provider's kernels from `crate::ort_cuda_op`).
 //!
-//! [`domain`] builds the `ai.groupmamba` operator domain (this op, and `GroupedLayerNorm` from
-//! [`crate::ort_norm_op`]); register it on a session with
+//! [`domain`] builds the `ai.groupmamba` operator domain (this op, `GroupedLayerNorm` from
+//! [`crate::ort_norm_op`] and `DepthwiseConv` from [`crate::ort_dwconv_op`]); register it on a
+//! session with
 //! `SessionBuilder::with_operators(gm_ops::ort_op::domain()?)`, or let the custom-op library
 //! (`plugins/ort-library`, `libgroupmamba_ops.so`) do it for any ONNX Runtime user.
 //!
@@ -44,20 +45,24 @@ use crate::spec::{
 /// Work items smaller than this many output elements are not split further.
 const MIN_TASK_ELEMENTS: usize = 1 << 15;
 
-/// The `ai.groupmamba` domain with the `SelectiveScan` and `GroupedLayerNorm` operators (version 1;
-/// the latter from `crate::ort_norm_op`). ONNX Runtime keeps a pointer to the domain: it must
-/// outlive every session created with it (`SessionBuilder::with_operators` keeps it alive for its
-/// sessions).
+/// The `ai.groupmamba` domain with the `SelectiveScan`, `GroupedLayerNorm` and `DepthwiseConv`
+/// operators (version 1; the latter two from `crate::ort_norm_op` and `crate::ort_dwconv_op`).
+/// ONNX Runtime keeps a pointer to the domain: it must outlive every session created with it
+/// (`SessionBuilder::with_operators` keeps it alive for its sessions).
 ///
 /// With the `cuda` feature the domain also holds the CUDA execution provider's kernels
-/// (`ort_cuda_op`, `ort_cuda_norm_op`: float32, float16, bfloat16), so a session with the CUDA EP
-/// runs both ops on the GPU; sessions without it keep using the CPU kernels.
+/// (`ort_cuda_op`, `ort_cuda_norm_op`, `ort_cuda_dwconv_op`: float32, float16, bfloat16), so a
+/// session with the CUDA EP runs all three ops on the GPU; sessions without it keep using the CPU
+/// kernels.
 pub fn domain() -> ort::Result<OperatorDomain> {
     let domain = OperatorDomain::new(DOMAIN)?
         .add(SelectiveScanOperator)?
-        .add(crate::ort_norm_op::GroupedLayerNormOperator)?;
+        .add(crate::ort_norm_op::GroupedLayerNormOperator)?
+        .add(crate::ort_dwconv_op::DepthwiseConvOperator)?;
     #[cfg(feature = "cuda")]
-    let domain = crate::ort_cuda_norm_op::add_to(crate::ort_cuda_op::add_to(domain)?)?;
+    let domain = crate::ort_cuda_dwconv_op::add_to(crate::ort_cuda_norm_op::add_to(
+        crate::ort_cuda_op::add_to(domain)?,
+    )?)?;
     Ok(domain)
 }
 

@@ -84,14 +84,15 @@ fn attrs_info(attrs: &NormAttributes, has_gate: bool) -> String {
     )
 }
 
-/// `[N, 3, 96]`: a shape for messages (tract's own Debug/Display drop the brackets).
-fn show<'a>(dims: impl IntoIterator<Item = &'a TDim>) -> String {
+/// `[N, 3, 96]`: a shape for messages (tract's own Debug/Display drop the brackets). Shared with
+/// `tract_dwconv_op`.
+pub(crate) fn show<'a>(dims: impl IntoIterator<Item = &'a TDim>) -> String {
     format!("[{}]", dims.into_iter().join(", "))
 }
 
 /// Whether two dimensions are different numbers (a symbol may stand for any number: eval
-/// checks the real shapes).
-fn dims_clash(a: &TDim, b: &TDim) -> bool {
+/// checks the real shapes). Shared with `tract_dwconv_op`.
+pub(crate) fn dims_clash(a: &TDim, b: &TDim) -> bool {
     matches!((a.to_i64(), b.to_i64()), (Ok(x), Ok(y)) if x != y)
 }
 

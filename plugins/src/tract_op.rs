@@ -1,10 +1,10 @@
 //! `ai.groupmamba::SelectiveScan` for tract-onnx 0.23.9.
 //!
 //! [`register`] adds a builder for the `SelectiveScan` op type to an [`Onnx`] framework (and
-//! the one for `GroupedLayerNorm`, [`crate::tract_norm_op`], so that one call installs the
-//! whole `ai.groupmamba` operator set). tract's registry is keyed by op type only, so the
-//! builder checks the node's domain (`ai.groupmamba`) and the model's import of that operator
-//! set (version 1) itself.
+//! the ones for `GroupedLayerNorm`, [`crate::tract_norm_op`], and `DepthwiseConv`,
+//! [`crate::tract_dwconv_op`], so that one call installs the whole `ai.groupmamba` operator
+//! set). tract's registry is keyed by op type only, so the builder checks the node's domain
+//! (`ai.groupmamba`) and the model's import of that operator set (version 1) itself.
 //! The node becomes an [`Expansion`] (inference rules: y has u's type and shape, the
 //! other inputs are tied to u's and B's dimensions) that wires one core op,
 //! [`SelectiveScanOp`]: stateless, typed (`output_facts` keeps u's shape, so a symbolic
@@ -25,16 +25,18 @@ use crate::spec::{
     Direction, ScanInput, ScanShape, ATTR_DIRECTIONS, DOMAIN, OPSET_VERSION, OP_TYPE,
 };
 
-/// Installs the builders of every `ai.groupmamba` op in `onnx`'s op registry: `SelectiveScan`
-/// and `GroupedLayerNorm` ([`crate::tract_norm_op`]). The one call a tract user makes, so that a
-/// model using either op loads wherever the other one does.
+/// Installs the builders of every `ai.groupmamba` op in `onnx`'s op registry: `SelectiveScan`,
+/// `GroupedLayerNorm` ([`crate::tract_norm_op`]) and `DepthwiseConv` ([`crate::tract_dwconv_op`]).
+/// The one call a tract user makes, so that a model using any of them loads wherever the others
+/// do.
 pub fn register(onnx: &mut Onnx) {
     onnx.op_register.insert(OP_TYPE, build);
     crate::tract_norm_op::register(onnx);
+    crate::tract_dwconv_op::register(onnx);
 }
 
 /// Describes a node for error messages: `node "name" (ai.groupmamba::SelectiveScan)` (any op
-/// type: shared with `tract_norm_op`).
+/// type: shared with `tract_norm_op` and `tract_dwconv_op`).
 pub(crate) fn node_label(node: &NodeProto) -> String {
     let name = if node.name.is_empty() {
         node.output

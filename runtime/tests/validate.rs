@@ -61,7 +61,7 @@ fn options(case: &str, precision: FloatType, out: PathBuf) -> ExportOptions {
         allow_nonfinite: false,
         precision,
         scan: ScanMode::CustomOp,
-        fused_norms: false,
+        fused_ops: false,
         out,
     }
 }

@@ -61,8 +61,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--build-dir", default="/tmp/gm-official-build")
     ap.add_argument("--work", default="/tmp/gm-agreement")
-    ap.add_argument("--fused-norms", action="store_true",
-                    help="also export with --fuse-norms (FP32 and FP16) and compare those the same way")
+    ap.add_argument("--fused-ops", action="store_true",
+                    help="also export with --fused-ops (FP32 and FP16) and compare those the same way")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
@@ -76,12 +76,12 @@ def main():
     pth = os.path.join(args.work, "official-random.pth")
     torch.save(model.state_dict(), pth)
     onnx = {}
-    for fused in (False, True) if args.fused_norms else (False,):
+    for fused in (False, True) if args.fused_ops else (False,):
         for precision in ("fp32", "fp16"):
             name = f"{'fused_' if fused else ''}{precision}"
             onnx[name] = os.path.join(args.work, f"tiny-{name}.onnx")
             subprocess.run([args.gm_export, "--variant", "tiny", "--checkpoint", pth, "--precision", precision,
-                            "--out", onnx[name]] + (["--fuse-norms"] if fused else []), check=True)
+                            "--out", onnx[name]] + (["--fused-ops"] if fused else []), check=True)
     runner = bench_ort.Runner(argparse.Namespace(provider="cuda", library=args.library))
     ours = {p: runner.session(path) for p, path in onnx.items()}
 
@@ -100,7 +100,7 @@ def main():
     logits = {k: np.concatenate(v) for k, v in logits.items()}
     pairs = [("official_fp32", "official_amp"), ("official_fp32", "ours_fp16"), ("ours_fp32", "ours_fp16"),
              ("official_fp32", "ours_fp32")]
-    if args.fused_norms:
+    if args.fused_ops:
         pairs += [("official_fp32", "ours_fused_fp16"), ("ours_fused_fp32", "ours_fused_fp16"),
                   ("official_fp32", "ours_fused_fp32")]
     report = {

@@ -13,7 +13,7 @@
 #   fixtures/ref.pth, fixtures/custom-64x64/{input,logits}.npy+config.json, fixtures/custom-72x100/…
 #   GroupMamba/ (official checkout, for step 4), whl/ (its extra wheels: timm, einops)
 # Env: OUT (results folder), GM (default .gpu-stage), ORTGPU (default /tmp/ortgpu), OFFICIAL_TIMEOUT (s; ≤ 20 skips step 4),
-#      EXPORT_ARGS (extra gm-export arguments for every export, e.g. --fuse-norms), GM_RUN=0 (skips step 3).
+#      EXPORT_ARGS (extra gm-export arguments for every export, e.g. --fused-ops), GM_RUN=0 (skips step 3).
 set -uo pipefail
 OUT=${OUT:-/tmp/gm-out}
 GM=${GM:-.gpu-stage}

@@ -8,8 +8,9 @@
 # first is also the function body's); FUNCTION=0 leaves the function export out; CUDA_GRAPH=1 also times
 # every model with ORT's CUDA graphs (bench_scan_modes.py --cuda-graph); CUSTOM_EP_OPTIONS, e.g.
 # "prefer_nhwc=1 fuse_conv_bias=1", adds the custom export once more per option, run with that CUDA EP option.
-# FUSED=1 adds the custom export with --fuse-norms (ai.groupmamba::GroupedLayerNorm) as fused-norms;
-# CHUNKS="" FUNCTION=0 FUSED=1 compares just the two custom exports.
+# FUSED=1 adds the custom export with --fused-ops (ai.groupmamba::GroupedLayerNorm, DepthwiseConv) as fused-ops;
+# CHUNKS="" FUNCTION=0 FUSED=1 compares just the two custom exports. FUSED_BEFORE="BINARY ARGS…" adds the
+# export of another gm-export binary with those arguments as fused-before (an A/B of a fused form in one run).
 set -uo pipefail
 OUT=${OUT:-/tmp/gm-modes}
 GM=${GM:-.gpu-stage/gpubench}
@@ -48,8 +49,12 @@ for p in $PRECISIONS; do
     models+=(--model "function-without-library=$W/function-$p.onnx" --model "function-with-library=$W/function-$p.onnx:lib")
   fi
   if [ "$FUSED" = 1 ]; then
-    "$GM/gm-export" --variant tiny --precision $p --fuse-norms --out "$W/fused-$p.onnx" 2>&1 | tail -1
-    models+=(--model "fused-norms=$W/fused-$p.onnx:lib")
+    "$GM/gm-export" --variant tiny --precision $p --fused-ops --out "$W/fused-$p.onnx" 2>&1 | tail -1
+    models+=(--model "fused-ops=$W/fused-$p.onnx:lib")
+  fi
+  if [ -n "${FUSED_BEFORE:-}" ]; then
+    $FUSED_BEFORE --variant tiny --precision $p --out "$W/fused-before-$p.onnx" 2>&1 | tail -1
+    models+=(--model "fused-before=$W/fused-before-$p.onnx:lib")
   fi
   extra=(); [ "$CUDA_GRAPH" = 1 ] && extra=(--cuda-graph)
   echo "== $p"

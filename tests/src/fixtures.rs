@@ -64,13 +64,13 @@ impl Fixture {
     }
 
     /// [`Fixture::export`], choosing also whether the LayerNorms are fused
-    /// (`ai.groupmamba::GroupedLayerNorm`, `gm-export --fuse-norms`).
+    /// (`ai.groupmamba::GroupedLayerNorm`, `gm-export --fused-ops`).
     pub fn export_with(
         &self,
         tag: &str,
         precision: FloatType,
         scan: ScanMode,
-        fused_norms: bool,
+        fused_ops: bool,
         debug: bool,
     ) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
@@ -90,7 +90,7 @@ impl Fixture {
             allow_nonfinite: false,
             precision,
             scan,
-            fused_norms,
+            fused_ops,
             out: out.clone(),
         })
         .unwrap();

@@ -28,13 +28,13 @@ fn check_case(case: &str) {
     check_export(case, false);
 }
 
-fn check_export(case: &str, fused_norms: bool) {
+fn check_export(case: &str, fused_ops: bool) {
     let Some(rt) = ort_or_skip(case) else {
         return;
     };
     let fixture = Fixture::load(case);
-    let tag = format!("ort-fused-{fused_norms}");
-    let out = fixture.export_with(&tag, FloatType::F32, ScanMode::CustomOp, fused_norms, true);
+    let tag = format!("ort-fused-{fused_ops}");
+    let out = fixture.export_with(&tag, FloatType::F32, ScanMode::CustomOp, fused_ops, true);
     let mut backend = OrtBackend::load_in(rt, &out).unwrap();
     let names = backend.output_names().to_vec();
     let outputs = backend.run(&fixture.input).unwrap();
@@ -51,14 +51,14 @@ fn ort_custom_72x100_odd_non_square_matches_official() {
     check_case("custom-72x100");
 }
 
-/// `--fuse-norms`: ONNX Runtime runs our GroupedLayerNorm (CPU kernel) for every LayerNorm.
+/// `--fused-ops`: ONNX Runtime runs our GroupedLayerNorm (CPU kernel) for every LayerNorm.
 #[test]
-fn ort_fused_norms_64x64_matches_official() {
+fn ort_fused_ops_64x64_matches_official() {
     check_export("custom-64x64", true);
 }
 
 #[test]
-fn ort_fused_norms_72x100_matches_official() {
+fn ort_fused_ops_72x100_matches_official() {
     check_export("custom-72x100", true);
 }
 

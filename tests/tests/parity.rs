@@ -16,10 +16,10 @@ fn check_case(case: &str, scan: ScanMode) {
     check_export(case, scan, false);
 }
 
-fn check_export(case: &str, scan: ScanMode, fused_norms: bool) {
+fn check_export(case: &str, scan: ScanMode, fused_ops: bool) {
     let fixture = Fixture::load(case);
-    let tag = format!("{scan:?}-fused-{fused_norms}");
-    let out = fixture.export_with(&tag, FloatType::F32, scan, fused_norms, true);
+    let tag = format!("{scan:?}-fused-{fused_ops}");
+    let out = fixture.export_with(&tag, FloatType::F32, scan, fused_ops, true);
     let mut backend = TractBackend::load(&out).unwrap();
     let names = backend.output_names().to_vec();
     let outputs = backend.run(&fixture.input).unwrap();
@@ -36,15 +36,15 @@ fn custom_72x100_odd_non_square_matches_official() {
     check_case("custom-72x100", ScanMode::CustomOp);
 }
 
-/// `--fuse-norms` (every LayerNorm one GroupedLayerNorm node, out_norm's affine and SiLU gate
+/// `--fused-ops` (every LayerNorm one GroupedLayerNorm node, out_norm's affine and SiLU gate
 /// fused, block-diagonal in/out projections): the same tolerance, intermediates included.
 #[test]
-fn custom_64x64_fused_norms_matches_official() {
+fn custom_64x64_fused_ops_matches_official() {
     check_export("custom-64x64", ScanMode::CustomOp, true);
 }
 
 #[test]
-fn custom_72x100_fused_norms_matches_official() {
+fn custom_72x100_fused_ops_matches_official() {
     check_export("custom-72x100", ScanMode::CustomOp, true);
 }
 
@@ -78,7 +78,7 @@ fn check_fp16_case(case: &str, scan: ScanMode) {
     check_fp16_export(case, scan, false);
 }
 
-fn check_fp16_export(case: &str, scan: ScanMode, fused_norms: bool) {
+fn check_fp16_export(case: &str, scan: ScanMode, fused_ops: bool) {
     let fixture = Fixture::load(case);
     // One file per mode: the tests run in parallel.
     let tag = match scan {
@@ -86,8 +86,8 @@ fn check_fp16_export(case: &str, scan: ScanMode, fused_norms: bool) {
         ScanMode::Portable { .. } => "fp16-portable",
         ScanMode::Function { .. } => "fp16-function",
     };
-    let tag = format!("{tag}-fused-{fused_norms}");
-    let out = fixture.export_with(&tag, FloatType::F16, scan, fused_norms, false);
+    let tag = format!("{tag}-fused-{fused_ops}");
+    let out = fixture.export_with(&tag, FloatType::F16, scan, fused_ops, false);
     let mut backend = TractBackend::load(&out).unwrap();
     let logits = backend.run(&fixture.input).unwrap().remove(0);
     let (_, expected) = fixture.reference("logits").unwrap();
@@ -101,7 +101,7 @@ fn check_fp16_export(case: &str, scan: ScanMode, fused_norms: bool) {
     let cosine = dot / (norm(&logits.data) * norm(&expected));
     let argmax = |v: &[f32]| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap();
     println!(
-        "{case} fp16 ({scan:?}, fused norms {fused_norms}): cosine {cosine:.7}, max abs err {:.3e}, top-1 {} vs official {}",
+        "{case} fp16 ({scan:?}, fused norms {fused_ops}): cosine {cosine:.7}, max abs err {:.3e}, top-1 {} vs official {}",
         max_abs(&logits.data, &expected),
         argmax(&logits.data),
         argmax(&expected)
@@ -136,6 +136,6 @@ fn custom_72x100_fp16_keeps_cosine_and_top1() {
 }
 
 #[test]
-fn custom_72x100_fp16_fused_norms_keeps_cosine_and_top1() {
+fn custom_72x100_fp16_fused_ops_keeps_cosine_and_top1() {
     check_fp16_export("custom-72x100", ScanMode::CustomOp, true);
 }

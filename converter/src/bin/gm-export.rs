@@ -61,13 +61,14 @@ struct Args {
     /// Chunk length of the closed form of the portable scan and of the function's body.
     #[arg(long, default_value_t = DEFAULT_CHUNK)]
     scan_chunk: usize,
-    /// Write every LayerNorm as one ai.groupmamba::GroupedLayerNorm node, with SS2D's out_norm
-    /// affine and SiLU gate fused in, and the per-group projections as block-diagonal MatMuls on
-    /// channels-last tokens: fewer and faster kernels on GPUs (ONNX Runtime's CUDA EP with
-    /// libgroupmamba_ops.so); runs on CPUs too (tract, ONNX Runtime with our library), where the
-    /// standard graph is as fast or faster. Needs --scan custom.
+    /// Fused operators for GPUs: every LayerNorm as one ai.groupmamba::GroupedLayerNorm (SS2D's
+    /// out_norm with its affine and SiLU gate fused in, the per-group projections as
+    /// block-diagonal MatMuls on channels-last tokens) and every depthwise convolution with its
+    /// biases and SiLU/GELU as one ai.groupmamba::DepthwiseConv: fewer and faster kernels on
+    /// ONNX Runtime's CUDA EP with libgroupmamba_ops.so. Runs on CPUs too (tract, ONNX Runtime
+    /// with our library), where the standard graph is as fast or faster. Needs --scan custom.
     #[arg(long)]
-    fuse_norms: bool,
+    fused_ops: bool,
 }
 
 /// Portable-scan chunk length (see benchmarks/).
@@ -117,7 +118,7 @@ fn run() -> Result<()> {
             },
             _ => ScanMode::CustomOp,
         },
-        fused_norms: args.fuse_norms,
+        fused_ops: args.fused_ops,
         precision: if args.precision == "fp16" {
             FloatType::F16
         } else {

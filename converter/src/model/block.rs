@@ -1,5 +1,7 @@
 //! `Block_mamba` (a stage block) and `ClassBlock` (the head's block), with their FFNs.
 
+use gm_ops::dwconv::Activation;
+
 use super::config::LayerDims;
 use super::emit::Emitter;
 use super::layer::GroupMambaLayer;
@@ -60,26 +62,44 @@ impl Block {
     /// `PVT2FFN`: fc1 → depthwise 3×3 conv on the map → GELU → fc2.
     ///
     /// Computed channels-first ((B, C, L) = the conv's layout) so that only the narrow C-wide
-    /// tokens are transposed, never the r·C-wide hidden activations.
+    /// tokens are transposed, never the r·C-wide hidden activations. With fused operators, fc1's
+    /// bias, the conv with its bias and the GELU are one `DepthwiseConv`.
     fn emit_ffn(&self, e: &mut Emitter, x: &Value, h: usize, w: usize) -> Value {
         let hidden = self.ffn_hidden as i64;
         let l = (h * w) as i64;
+        let map = [0, hidden, h as i64, w as i64];
         let xt = e.transpose(x, &[0, 2, 1]);
-        let y = channels_first_linear(e, &xt, "fc1");
-        let y = e.reshape(&y, &[0, hidden, h as i64, w as i64]);
-        let y = e.conv2d(&y, "dwconv.dwconv", 1, 1, self.ffn_hidden);
+        let y = if e.fused_ops {
+            let y = channels_first_matmul(e, &xt, "fc1");
+            let y = e.reshape(&y, &map);
+            let fc1_bias = e.scoped("fc1", |e| e.tensor("bias"));
+            let (weight, bias) =
+                e.scoped("dwconv.dwconv", |e| (e.tensor("weight"), e.tensor("bias")));
+            e.depthwise_conv(&y, weight, bias, Some(fc1_bias), Activation::Gelu)
+        } else {
+            let y = channels_first_linear(e, &xt, "fc1");
+            let y = e.reshape(&y, &map);
+            e.conv2d(&y, "dwconv.dwconv", 1, 1, self.ffn_hidden)
+        };
         let y = e.reshape(&y, &[0, hidden, l]);
-        let y = e.gelu(&y);
+        let y = if e.fused_ops { y } else { e.gelu(&y) };
         let y = channels_first_linear(e, &y, "fc2");
         e.transpose(&y, &[0, 2, 1])
     }
 }
 
-/// `nn.Linear` applied to channels-first activations (B, Cin, L): W @ x + b[:, None].
-fn channels_first_linear(e: &mut Emitter, x: &Value, module: &str) -> Value {
+/// `nn.Linear` without its bias applied to channels-first activations (B, Cin, L): W @ x.
+fn channels_first_matmul(e: &mut Emitter, x: &Value, module: &str) -> Value {
     e.scoped(module, |e| {
         let w = e.weight("weight");
-        let y = e.g.op("MatMul", &[&w, x], &[]);
+        e.g.op("MatMul", &[&w, x], &[])
+    })
+}
+
+/// `nn.Linear` applied to channels-first activations (B, Cin, L): W @ x + b[:, None].
+fn channels_first_linear(e: &mut Emitter, x: &Value, module: &str) -> Value {
+    let y = channels_first_matmul(e, x, module);
+    e.scoped(module, |e| {
         let b = e.tensor("bias");
         let b = crate::tensor::Tensor::new(vec![b.numel(), 1], b.data.clone());
         let b = e.constant("bias_column", &b);

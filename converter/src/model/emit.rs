@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use gm_ops::dwconv::{Activation, ATTR_ACTIVATION, DWCONV_OP_TYPE};
+
 use crate::onnx::proto::DataType;
 use crate::onnx::{Attr, Dim, FloatType, GraphBuilder, OpSink, Value};
 use crate::tensor::Tensor;
@@ -42,9 +44,10 @@ pub struct Emitter<'w> {
     debug: bool,
     pub debug_outputs: Vec<DebugOutput>,
     pub scan: ScanMode,
-    /// Every LayerNorm as one `ai.groupmamba::GroupedLayerNorm` node (SS2D's `out_norm` with its
-    /// affine and SiLU gate included) instead of standard operators.
-    pub fused_norms: bool,
+    /// Fused `ai.groupmamba` operators instead of standard ones: every LayerNorm as one
+    /// `GroupedLayerNorm` (SS2D's `out_norm` with its affine and SiLU gate included), every
+    /// depthwise convolution with its biases and activation as one `DepthwiseConv`.
+    pub fused_ops: bool,
 }
 
 impl<'w> Emitter<'w> {
@@ -62,7 +65,7 @@ impl<'w> Emitter<'w> {
             debug,
             debug_outputs: Vec::new(),
             scan: ScanMode::CustomOp,
-            fused_norms: false,
+            fused_ops: false,
         }
     }
 
@@ -186,7 +189,7 @@ impl<'w> Emitter<'w> {
     /// `nn.LayerNorm` over the last axis, with the module's `weight`/`bias`.
     pub fn layer_norm(&mut self, x: &Value, module: &str, eps: f32) -> Value {
         self.scoped(module, |e| {
-            if e.fused_norms {
+            if e.fused_ops {
                 let scale = e.tensor("weight");
                 let bias = e.tensor("bias");
                 return e.grouped_layer_norm(x, scale, bias, 1, eps, None);
@@ -271,6 +274,32 @@ impl<'w> Emitter<'w> {
             let k = e.tensor("weight").shape[2] as i64;
             e.g.op("Conv", &inputs, &conv_attrs(k, stride, pad, groups))
         })
+    }
+
+    /// One `ai.groupmamba::DepthwiseConv` node: the depthwise k×k convolution (stride 1, same
+    /// padding) of `x` (N, C, H, W) with `weight` (C, 1, k, k) and `bias`, `input_bias` added to
+    /// `x` inside the image first (a preceding Linear's bias, so that its Add disappears), then
+    /// `activation`. Weights and biases are float32 whatever the model's
+    /// type, as the op asks.
+    pub fn depthwise_conv(
+        &mut self,
+        x: &Value,
+        weight: &Tensor,
+        bias: &Tensor,
+        input_bias: Option<&Tensor>,
+        activation: Activation,
+    ) -> Value {
+        let flat = |t: &Tensor| Tensor::new(vec![t.numel()], t.data.clone());
+        let w = self.g.initializer("weight", weight, FloatType::F32);
+        let b = self.g.initializer("bias", &flat(bias), FloatType::F32);
+        let input_bias =
+            input_bias.map(|t| self.g.initializer("input_bias", &flat(t), FloatType::F32));
+        let mut inputs = vec![x, &w, &b];
+        inputs.extend(input_bias.as_ref());
+        let attrs = [(ATTR_ACTIVATION, Attr::Str(activation.name().to_string()))];
+        self.g
+            .node(gm_ops::spec::DOMAIN, DWCONV_OP_TYPE, &inputs, 1, &attrs)
+            .remove(0)
     }
 
     /// A bias-free convolution followed by eval-mode BatchNorm, folded into one convolution.

@@ -10,6 +10,7 @@
 //! depthwise convolution, and a single `SelectiveScan` node scans all four groups, each in its own
 //! direction, straight from the row-major feature map (no permuted copies).
 
+use gm_ops::dwconv::Activation;
 use gm_ops::spec::{Direction, DOMAIN, OP_TYPE};
 
 use super::config::{LayerDims, GROUPS};
@@ -100,18 +101,22 @@ impl GroupMambaLayer {
         let xs = e.reshape(&xs, &[0, ci, h as i64, w as i64]);
         let conv_w = concat(e, |e, k| group(e, k, |e| e.tensor("conv2d.weight").clone()));
         let conv_b = concat(e, |e, k| group(e, k, |e| e.tensor("conv2d.bias").clone()));
-        let conv_w = e.constant("conv2d_weight", &conv_w);
-        let conv_b = e.constant("conv2d_bias", &conv_b);
-        let u = e.g.op(
-            "Conv",
-            &[&xs, &conv_w, &conv_b],
-            &[
-                ("kernel_shape", Attr::Ints(vec![3, 3])),
-                ("pads", Attr::Ints(vec![1, 1, 1, 1])),
-                ("group", Attr::Int(ci)),
-            ],
-        );
-        let u = e.silu(&u);
+        let u = if e.fused_ops {
+            e.depthwise_conv(&xs, &conv_w, &conv_b, None, Activation::Silu)
+        } else {
+            let conv_w = e.constant("conv2d_weight", &conv_w);
+            let conv_b = e.constant("conv2d_bias", &conv_b);
+            let u = e.g.op(
+                "Conv",
+                &[&xs, &conv_w, &conv_b],
+                &[
+                    ("kernel_shape", Attr::Ints(vec![3, 3])),
+                    ("pads", Attr::Ints(vec![1, 1, 1, 1])),
+                    ("group", Attr::Int(ci)),
+                ],
+            );
+            e.silu(&u)
+        };
         let ug = e.reshape(&u, &[0, g, di, l]);
 
         // x_proj → (dt, B, C) rows, then the low-rank dt projection, per group, per position.
@@ -180,7 +185,7 @@ impl GroupMambaLayer {
                         )],
                     )
                     .remove(0);
-                if e.fused_norms {
+                if e.fused_ops {
                     let y = e.reshape(&y, &[0, ci, l]);
                     e.transpose(&y, &[0, 2, 1])
                 } else {
@@ -208,7 +213,7 @@ impl GroupMambaLayer {
 
         // Gate with skip_scale·x̂, modulate with the channel affinity, shared norm, projection.
         let skip = e.weight("skip_scale");
-        let m = if e.fused_norms {
+        let m = if e.fused_ops {
             // skip_scale folded into the (B, 1, C) affinity: one full-size product less.
             let affinity = e.mul(&affinity, &skip);
             let m = e.mul(&y, &xn);
@@ -238,7 +243,7 @@ impl GroupMambaLayer {
             ..
         } = self.dims;
         let (g, ci, di) = (GROUPS as i64, c as i64, d as i64);
-        if e.fused_norms {
+        if e.fused_ops {
             let w_in = block_diagonal(e, "in_proj_block_diagonal", |e, k| {
                 group(e, k, |e| e.tensor("in_proj.weight").clone())
             });
@@ -278,7 +283,7 @@ impl GroupMambaLayer {
             ..
         } = self.dims;
         let (g, l, ci, di) = (GROUPS as i64, (h * w) as i64, c as i64, d as i64);
-        if e.fused_norms {
+        if e.fused_ops {
             let scale = concat(e, |e, k| {
                 group(e, k, |e| e.tensor("out_norm.weight").clone())
             });

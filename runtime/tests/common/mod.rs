@@ -20,7 +20,7 @@ pub fn fixture_config_model(dir: &Path) -> PathBuf {
         allow_nonfinite: false,
         precision: gm_converter::onnx::FloatType::F32,
         scan: gm_converter::model::emit::ScanMode::CustomOp,
-        fused_norms: false,
+        fused_ops: false,
         out: out.clone(),
     })
     .unwrap();
