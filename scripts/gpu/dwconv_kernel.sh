@@ -12,7 +12,7 @@
 #      bandwidth benchmark at tiny's batch-128 depthwise-conv shapes next to torch's conv2d + activation
 #      -> $OUT/dwconv-kernel.json;
 #   3. the correctness cases (--quick) on every variant -> $OUT/dwconv-kernel-$v.json, and the
-#      benchmark alone on t1024, t4096 -> $OUT/dwconv-kernel-bench-$v.json (to choose the tile size);
+#      benchmark alone on t1024, t4096, tile8, smem8k -> $OUT/dwconv-kernel-bench-$v.json (to choose the tile size);
 #   4. compute-sanitizer memcheck and racecheck (shared memory) on main's --quick cases, this kernel
 #      only -> $OUT/sanitizer-*.log, one summary line each in $OUT/sanitizer.txt.
 # Run from the repository root. Needs: nvcc, torch (CUDA). Env: OUT (default /tmp/gm-dwconv), ARCH
@@ -53,7 +53,7 @@ for v in "${variants[@]}"; do
   echo "== $v build: correctness"
   python3 scripts/gpu/dwconv_check.py --lib "$B/libgm_dwconv_$v.so" --quick --out "$OUT/dwconv-kernel-$v.json" || rc=1
   case $v in
-    t1024|t4096)
+    t1024|t4096|tile8|smem8k)
       echo "== $v build: benchmark"
       python3 scripts/gpu/dwconv_check.py --lib "$B/libgm_dwconv_$v.so" --bench-only \
         --out "$OUT/dwconv-kernel-bench-$v.json" || rc=1 ;;
