@@ -17,106 +17,31 @@
 //! so both providers accept and refuse the same nodes. [`add_to`] adds the operators to a domain;
 //! `ort_op::domain()` does so when the `cuda` feature is on.
 
-use std::ffi::c_void;
-use std::ops::RangeInclusive;
-
-use ort::memory::AllocationDevice;
-use ort::operator::{
-    ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput,
-    ShapeInferenceContext,
-};
-use ort::value::{DynTensorValueType, TensorElementType};
+use ort::operator::{ComputeContext, Kernel, KernelContext, OperatorDomain, ShapeInferenceContext};
 
 use crate::cuda::{self, DeviceDtype, NormDevicePointers};
-use crate::norm::{NormAttributes, NormError, NormInput, NormShape, NORM_OP_TYPE};
-use crate::ort_cuda_op::{element_type, type_name, CUDA_EXECUTION_PROVIDER};
+use crate::norm::{NormAttributes, NormInput, NormShape};
+use crate::ort_cuda_op::{compute_stream, device_output, CudaOp, CudaOperator, DeviceInputs};
 use crate::ort_norm_op::{fail, infer_shape, parse_node};
-use crate::spec::OPSET_VERSION;
 
 /// `ai.groupmamba::GroupedLayerNorm` version 1 on the CUDA execution provider, for one element type
 /// T of `X`, `Gate` and `Y`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GroupedLayerNormCudaOperator {
-    dtype: DeviceDtype,
-}
-
-impl GroupedLayerNormCudaOperator {
-    pub const F32: Self = Self {
-        dtype: DeviceDtype::F32,
-    };
-    pub const F16: Self = Self {
-        dtype: DeviceDtype::F16,
-    };
-    pub const BF16: Self = Self {
-        dtype: DeviceDtype::Bf16,
-    };
-    /// One operator per supported T.
-    pub const ALL: [Self; 3] = [Self::F32, Self::F16, Self::BF16];
-
-    /// T of this operator.
-    pub fn dtype(&self) -> DeviceDtype {
-        self.dtype
-    }
-}
+pub type GroupedLayerNormCudaOperator = CudaOperator<GroupedLayerNormCudaKernel>;
 
 /// Adds the CUDA operators (every T in [`GroupedLayerNormCudaOperator::ALL`]) to `domain`.
 pub fn add_to(domain: OperatorDomain) -> ort::Result<OperatorDomain> {
-    GroupedLayerNormCudaOperator::ALL
-        .into_iter()
-        .try_fold(domain, |domain, op| domain.add(op))
+    GroupedLayerNormCudaOperator::add_all(domain)
 }
 
-/// The declared type of an input for T: T for `X` and `Gate`, float32 for `Scale` and `Bias`.
-fn input_type(input: NormInput, dtype: DeviceDtype) -> TensorElementType {
-    if input.is_type_t() {
-        element_type(dtype)
-    } else {
-        TensorElementType::Float32
-    }
-}
+impl CudaOp for GroupedLayerNormCudaKernel {
+    type Input = NormInput;
 
-impl Operator for GroupedLayerNormCudaOperator {
-    type Kernel<'attr> = GroupedLayerNormCudaKernel;
-
-    fn name(&self) -> &str {
-        NORM_OP_TYPE
-    }
-
-    fn versions(&self) -> RangeInclusive<u32> {
-        OPSET_VERSION as u32..=OPSET_VERSION as u32
-    }
-
-    fn execution_provider_type(&self) -> Option<&str> {
-        Some(CUDA_EXECUTION_PROVIDER)
-    }
-
-    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        NormInput::ALL.map(|input| {
-            let t = input_type(input, self.dtype);
-            match input {
-                NormInput::Gate => OperatorInput::optional(t),
-                _ => OperatorInput::required(t),
-            }
-        })
-    }
-
-    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
-        [OperatorOutput::required(element_type(self.dtype))]
-    }
-
-    fn create_kernel<'attr>(
-        &self,
-        ctx: &KernelContext<'attr>,
-    ) -> ort::Result<GroupedLayerNormCudaKernel> {
+    fn create_kernel(ctx: &KernelContext<'_>, dtype: DeviceDtype) -> ort::Result<Self> {
         let (node, attrs) = parse_node(ctx)?;
-        Ok(GroupedLayerNormCudaKernel {
-            node,
-            attrs,
-            dtype: self.dtype,
-        })
+        Ok(Self { node, attrs, dtype })
     }
 
-    fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
+    fn infer_shape(ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
         infer_shape(ctx)
     }
 }
@@ -139,92 +64,32 @@ impl GroupedLayerNormCudaKernel {
 impl Kernel for GroupedLayerNormCudaKernel {
     fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
         let node = self.node.as_str();
-        let count = ctx.num_inputs()?;
-        if !(3..=4).contains(&count) {
-            return Err(fail(
-                node,
-                format!("takes 3 or 4 inputs (X, Scale, Bias, optional Gate), got {count}"),
-            ));
-        }
-        let mut shapes: [Vec<usize>; 4] = Default::default();
-        let mut pointers = [std::ptr::null::<c_void>(); 4];
-        let mut has_gate = false;
-        for input in &NormInput::ALL[..count] {
-            // A Gate left out, or given as an empty name, comes back from ONNX Runtime as no value.
-            let Some(value) = ctx.input(input.index())? else {
-                if *input == NormInput::Gate {
-                    continue;
-                }
-                return Err(fail(
-                    node,
-                    format!("input `{input}` is missing (X, Scale and Bias are required)"),
-                ));
-            };
-            let (expected, accepted) = if input.is_type_t() {
-                (element_type(self.dtype), type_name(self.dtype))
-            } else {
-                (TensorElementType::Float32, "float32")
-            };
-            let unsupported = |found: String| {
-                fail(
-                    node,
-                    NormError::UnsupportedType {
-                        input: *input,
-                        found,
-                        accepted,
-                    },
-                )
-            };
-            let tensor = value
-                .downcast::<DynTensorValueType>()
-                .map_err(|_| unsupported("a non-tensor value".into()))?;
-            if *tensor.data_type() != expected {
-                return Err(unsupported(format!("{:?}", tensor.data_type())));
-            }
-            let device = tensor.memory_info().allocation_device();
-            if device != AllocationDevice::CUDA && device != AllocationDevice::CUDA_PINNED {
-                return Err(fail(
-                    node,
-                    format!(
-                        "input `{input}` is in {device:?} memory; the CUDA kernel needs it in GPU memory"
-                    ),
-                ));
-            }
-            shapes[input.index()] = tensor.shape().iter().map(|&d| d.max(0) as usize).collect();
-            pointers[input.index()] = tensor.data_ptr();
-            has_gate |= *input == NormInput::Gate;
-        }
+        let inputs = DeviceInputs::read::<Self>(ctx, node, self.dtype)?;
         let shape = NormShape::from_input_shapes(
-            &shapes[NormInput::X.index()],
-            &shapes[NormInput::Scale.index()],
-            &shapes[NormInput::Bias.index()],
-            has_gate.then_some(shapes[NormInput::Gate.index()].as_slice()),
+            inputs.shape(NormInput::X.index()),
+            inputs.shape(NormInput::Scale.index()),
+            inputs.shape(NormInput::Bias.index()),
+            inputs
+                .is_present(NormInput::Gate.index())
+                .then_some(inputs.shape(NormInput::Gate.index())),
             self.attrs.groups,
         )
         .map_err(|e| fail(node, e))?;
-        let out_shape: Vec<i64> = shapes[NormInput::X.index()]
+        let out_shape: Vec<i64> = inputs
+            .shape(NormInput::X.index())
             .iter()
             .map(|&d| d as i64)
             .collect();
-        let output = ctx
-            .output(0, out_shape)?
-            .ok_or_else(|| fail(node, "ONNX Runtime gave no buffer for output `Y`"))?;
-        let output = output
-            .downcast::<DynTensorValueType>()
-            .map_err(|e| fail(node, format!("output `Y` is not a tensor: {e}")))?;
+        let y = device_output::<Self>(ctx, node, "Y", out_shape)?;
         if shape.is_empty() {
             return Ok(());
         }
-        // `GetTensorMutableData` of ONNX Runtime's output buffer (ValueRefMut has no `data_ptr_mut`).
-        let y = output.data_ptr().cast_mut();
-        let stream = ctx
-            .stream()?
-            .map_or(std::ptr::null_mut(), |s| s.as_ptr().cast::<c_void>());
+        let stream = compute_stream(ctx)?;
         let ptrs = NormDevicePointers {
-            x: pointers[NormInput::X.index()],
-            scale: pointers[NormInput::Scale.index()].cast::<f32>(),
-            bias: pointers[NormInput::Bias.index()].cast::<f32>(),
-            gate: pointers[NormInput::Gate.index()],
+            x: inputs.pointer(NormInput::X.index()),
+            scale: inputs.pointer(NormInput::Scale.index()).cast::<f32>(),
+            bias: inputs.pointer(NormInput::Bias.index()).cast::<f32>(),
+            gate: inputs.pointer(NormInput::Gate.index()),
             y,
         };
         // SAFETY: every pointer is ONNX Runtime's GPU buffer for that input (checked above to be
@@ -239,31 +104,16 @@ impl Kernel for GroupedLayerNormCudaKernel {
 
 #[cfg(test)]
 mod tests {
+    use ort::value::TensorElementType;
+
     use super::*;
+    use crate::ort_cuda_op::assert_operators;
 
     #[test]
     fn one_operator_per_type_with_float32_parameters() {
-        for op in GroupedLayerNormCudaOperator::ALL {
-            assert_eq!(op.execution_provider_type(), Some(CUDA_EXECUTION_PROVIDER));
-            assert_eq!(op.name(), NORM_OP_TYPE);
-            assert_eq!(op.versions(), 1..=1);
-            let inputs: Vec<OperatorInput> = op.inputs().into_iter().collect();
-            assert_eq!(inputs.len(), NormInput::ALL.len());
-            let types: Vec<TensorElementType> = NormInput::ALL
-                .iter()
-                .map(|&input| input_type(input, op.dtype()))
-                .collect();
-            let t = element_type(op.dtype());
+        assert_operators::<GroupedLayerNormCudaKernel>(|t| {
             let f32 = TensorElementType::Float32;
-            assert_eq!(types, [t, f32, f32, t]);
-        }
-        let types: Vec<DeviceDtype> = GroupedLayerNormCudaOperator::ALL
-            .iter()
-            .map(|op| op.dtype())
-            .collect();
-        assert_eq!(
-            types,
-            [DeviceDtype::F32, DeviceDtype::F16, DeviceDtype::Bf16]
-        );
+            vec![t, f32, f32, t]
+        });
     }
 }

@@ -35,23 +35,41 @@ use crate::dwconv::{
     ConvShape, ATTR_ACTIVATION, DWCONV_OP_TYPE,
 };
 use crate::ort_norm_op::attribute;
-use crate::spec::{DOMAIN, OPSET_VERSION};
+use crate::ort_op::{fail_op, float32_inputs, present_inputs, read_float32_inputs, OrtInput};
+use crate::spec::OPSET_VERSION;
 
 /// Work items smaller than this many output elements are not split further (as for the other
 /// ops: below it, handing planes to another thread costs more than convolving them).
 const MIN_TASK_ELEMENTS: usize = 1 << 15;
 
-/// `ai.groupmamba::DepthwiseConv node "name"` for messages.
-pub(crate) fn label(node: &str) -> String {
-    if node.is_empty() {
-        format!("{DOMAIN}::{DWCONV_OP_TYPE}")
-    } else {
-        format!("{DOMAIN}::{DWCONV_OP_TYPE} node \"{node}\"")
-    }
+/// [`fail_op`] for `DepthwiseConv`.
+pub(crate) fn fail(node: &str, message: impl std::fmt::Display) -> ort::Error {
+    fail_op(DWCONV_OP_TYPE, node, message)
 }
 
-pub(crate) fn fail(node: &str, message: impl std::fmt::Display) -> ort::Error {
-    ort::Error::new(format!("{}: {message}", label(node)))
+impl OrtInput for ConvInput {
+    const OP_TYPE: &'static str = DWCONV_OP_TYPE;
+    const NODE_INPUTS: &'static [Self] = &ConvInput::ALL;
+    const OPTIONAL: Option<Self> = Some(ConvInput::InputBias);
+    const COUNT: &'static str = "takes 3 or 4 inputs (X, W, B, optional InputBias)";
+    const REQUIRED: &'static str = "X, W and B are required";
+
+    fn position(self) -> usize {
+        self.index()
+    }
+
+    fn has_type_t(self) -> bool {
+        self.is_type_t()
+    }
+
+    fn unsupported(self, found: String, accepted: &'static str) -> String {
+        ConvError::UnsupportedType {
+            input: self,
+            found,
+            accepted,
+        }
+        .to_string()
+    }
 }
 
 /// `ai.groupmamba::DepthwiseConv` version 1 (float32, CPU).
@@ -70,10 +88,7 @@ impl Operator for DepthwiseConvOperator {
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        ConvInput::ALL.map(|input| match input {
-            ConvInput::InputBias => OperatorInput::optional(TensorElementType::Float32),
-            _ => OperatorInput::required(TensorElementType::Float32),
-        })
+        float32_inputs::<ConvInput>()
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
@@ -233,43 +248,8 @@ fn tasks(shape: &ConvShape) -> Vec<Range<usize>> {
 impl Kernel for DepthwiseConvKernel {
     fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
         let node = self.node.as_str();
-        let count = ctx.num_inputs()?;
-        if !(3..=4).contains(&count) {
-            return Err(fail(
-                node,
-                format!("takes 3 or 4 inputs (X, W, B, optional InputBias), got {count}"),
-            ));
-        }
-        // An InputBias left out, or given as an empty name, comes back from ONNX Runtime as no
-        // value.
-        let mut values = Vec::with_capacity(count);
-        for input in &ConvInput::ALL[..count] {
-            let value = ctx.input(input.index())?;
-            if value.is_none() && *input != ConvInput::InputBias {
-                return Err(fail(
-                    node,
-                    format!("input `{input}` is missing (X, W and B are required)"),
-                ));
-            }
-            values.push(value);
-        }
-        let mut shapes: Vec<Vec<usize>> = Vec::with_capacity(count);
-        let mut data: Vec<&[f32]> = Vec::with_capacity(count);
-        for (input, value) in ConvInput::ALL.iter().zip(&values) {
-            let Some(value) = value else { continue };
-            let (shape, slice) = value.try_extract_tensor::<f32>().map_err(|_| {
-                fail(
-                    node,
-                    ConvError::UnsupportedType {
-                        input: *input,
-                        found: format!("{:?}", value.dtype()),
-                        accepted: "float32",
-                    },
-                )
-            })?;
-            shapes.push(shape.iter().map(|&d| d.max(0) as usize).collect());
-            data.push(slice);
-        }
+        let values = present_inputs::<ConvInput>(ctx, node)?;
+        let (shapes, data) = read_float32_inputs::<ConvInput>(node, &values)?;
         let shape = ConvShape::from_input_shapes(
             &shapes[ConvInput::X.index()],
             &shapes[ConvInput::W.index()],

@@ -34,23 +34,41 @@ use crate::norm::{
     grouped_layer_norm, NormAttributes, NormError, NormInput, NormInputs, NormShape, ATTR_EPSILON,
     ATTR_GATE_SILU, ATTR_GROUPS, MAX_GROUP_WIDTH, NORM_OP_TYPE,
 };
-use crate::spec::{DOMAIN, OPSET_VERSION};
+use crate::ort_op::{fail_op, float32_inputs, present_inputs, read_float32_inputs, OrtInput};
+use crate::spec::OPSET_VERSION;
 
 /// Work items smaller than this many output elements are not split further (as for the scan:
 /// below it, handing rows to another thread costs more than normalising them).
 const MIN_TASK_ELEMENTS: usize = 1 << 15;
 
-/// `ai.groupmamba::GroupedLayerNorm node "name"` for messages.
-pub(crate) fn label(node: &str) -> String {
-    if node.is_empty() {
-        format!("{DOMAIN}::{NORM_OP_TYPE}")
-    } else {
-        format!("{DOMAIN}::{NORM_OP_TYPE} node \"{node}\"")
-    }
+/// [`fail_op`] for `GroupedLayerNorm`.
+pub(crate) fn fail(node: &str, message: impl std::fmt::Display) -> ort::Error {
+    fail_op(NORM_OP_TYPE, node, message)
 }
 
-pub(crate) fn fail(node: &str, message: impl std::fmt::Display) -> ort::Error {
-    ort::Error::new(format!("{}: {message}", label(node)))
+impl OrtInput for NormInput {
+    const OP_TYPE: &'static str = NORM_OP_TYPE;
+    const NODE_INPUTS: &'static [Self] = &NormInput::ALL;
+    const OPTIONAL: Option<Self> = Some(NormInput::Gate);
+    const COUNT: &'static str = "takes 3 or 4 inputs (X, Scale, Bias, optional Gate)";
+    const REQUIRED: &'static str = "X, Scale and Bias are required";
+
+    fn position(self) -> usize {
+        self.index()
+    }
+
+    fn has_type_t(self) -> bool {
+        self.is_type_t()
+    }
+
+    fn unsupported(self, found: String, accepted: &'static str) -> String {
+        NormError::UnsupportedType {
+            input: self,
+            found,
+            accepted,
+        }
+        .to_string()
+    }
 }
 
 /// `ai.groupmamba::GroupedLayerNorm` version 1 (float32, CPU).
@@ -69,10 +87,7 @@ impl Operator for GroupedLayerNormOperator {
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        NormInput::ALL.map(|input| match input {
-            NormInput::Gate => OperatorInput::optional(TensorElementType::Float32),
-            _ => OperatorInput::required(TensorElementType::Float32),
-        })
+        float32_inputs::<NormInput>()
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
@@ -287,42 +302,8 @@ fn run_task(
 impl Kernel for GroupedLayerNormKernel {
     fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
         let node = self.node.as_str();
-        let count = ctx.num_inputs()?;
-        if !(3..=4).contains(&count) {
-            return Err(fail(
-                node,
-                format!("takes 3 or 4 inputs (X, Scale, Bias, optional Gate), got {count}"),
-            ));
-        }
-        // A Gate left out, or given as an empty name, comes back from ONNX Runtime as no value.
-        let mut values = Vec::with_capacity(count);
-        for input in &NormInput::ALL[..count] {
-            let value = ctx.input(input.index())?;
-            if value.is_none() && *input != NormInput::Gate {
-                return Err(fail(
-                    node,
-                    format!("input `{input}` is missing (X, Scale and Bias are required)"),
-                ));
-            }
-            values.push(value);
-        }
-        let mut shapes: Vec<Vec<usize>> = Vec::with_capacity(count);
-        let mut data: Vec<&[f32]> = Vec::with_capacity(count);
-        for (input, value) in NormInput::ALL.iter().zip(&values) {
-            let Some(value) = value else { continue };
-            let (shape, slice) = value.try_extract_tensor::<f32>().map_err(|_| {
-                fail(
-                    node,
-                    NormError::UnsupportedType {
-                        input: *input,
-                        found: format!("{:?}", value.dtype()),
-                        accepted: "float32",
-                    },
-                )
-            })?;
-            shapes.push(shape.iter().map(|&d| d.max(0) as usize).collect());
-            data.push(slice);
-        }
+        let values = present_inputs::<NormInput>(ctx, node)?;
+        let (shapes, data) = read_float32_inputs::<NormInput>(node, &values)?;
         let gate_shape = shapes.get(NormInput::Gate.index()).map(Vec::as_slice);
         let shape = NormShape::from_input_shapes(
             &shapes[NormInput::X.index()],

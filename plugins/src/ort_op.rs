@@ -28,6 +28,7 @@
 //! `ort::init_from` / `ort::set_api` in an application, from the caller's `OrtApiBase` in the
 //! custom-op library.
 
+use std::fmt;
 use std::ops::RangeInclusive;
 use std::sync::Mutex;
 
@@ -35,7 +36,7 @@ use ort::operator::{
     ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput,
     ShapeInferenceContext,
 };
-use ort::value::{TensorElementType, ValueType};
+use ort::value::{TensorElementType, ValueRef, ValueType};
 
 use crate::cpu::{selective_scan, ScanInputs};
 use crate::spec::{
@@ -66,25 +67,155 @@ pub fn domain() -> ort::Result<OperatorDomain> {
     Ok(domain)
 }
 
-fn float32_inputs() -> [OperatorInput; 7] {
-    ScanInput::ALL.map(|_| OperatorInput::required(TensorElementType::Float32))
+/// The declared inputs of an operator of op `I`, each of type `type_of(input)`: all required but
+/// `I::OPTIONAL`. Shared by the CPU operators (all float32) and the CUDA ones (T or float32).
+pub(crate) fn declared_inputs<I: OrtInput>(
+    type_of: impl Fn(I) -> TensorElementType,
+) -> impl Iterator<Item = OperatorInput> {
+    I::NODE_INPUTS.iter().map(move |&input| {
+        if I::OPTIONAL == Some(input) {
+            OperatorInput::optional(type_of(input))
+        } else {
+            OperatorInput::required(type_of(input))
+        }
+    })
+}
+
+/// The declared inputs of a CPU operator: all float32 (the CPU kernels are float32 only).
+pub(crate) fn float32_inputs<I: OrtInput>() -> impl Iterator<Item = OperatorInput> {
+    declared_inputs::<I>(|_| TensorElementType::Float32)
 }
 
 fn float32_output() -> [OperatorOutput; 1] {
     [OperatorOutput::required(TensorElementType::Float32)]
 }
 
-/// `SelectiveScan node "name"` for messages.
-pub(crate) fn label(node: &str) -> String {
+/// An error of op `op_type`'s node `node` (`ai.groupmamba::<op> node "name": message`; without
+/// the node part when the name is empty, as in shape inference). Every ONNX Runtime adapter words
+/// its errors this way, so that a message names the op and the node whichever kernel failed.
+pub(crate) fn fail_op(op_type: &str, node: &str, message: impl fmt::Display) -> ort::Error {
     if node.is_empty() {
-        format!("{DOMAIN}::{OP_TYPE}")
+        ort::Error::new(format!("{DOMAIN}::{op_type}: {message}"))
     } else {
-        format!("{DOMAIN}::{OP_TYPE} node \"{node}\"")
+        ort::Error::new(format!("{DOMAIN}::{op_type} node \"{node}\": {message}"))
     }
 }
 
-pub(crate) fn fail(node: &str, message: impl std::fmt::Display) -> ort::Error {
-    ort::Error::new(format!("{}: {message}", label(node)))
+/// [`fail_op`] for `SelectiveScan`.
+pub(crate) fn fail(node: &str, message: impl fmt::Display) -> ort::Error {
+    fail_op(OP_TYPE, node, message)
+}
+
+/// An op's input names, with what the ONNX Runtime kernels (CPU and CUDA) need to fetch and check
+/// a node's inputs: all three ops read them the same way (every input present but the optional
+/// one, each of its declared element type), only these facts and the messages' wording differ.
+pub trait OrtInput: Copy + PartialEq + fmt::Display + 'static {
+    /// The node's `op_type`.
+    const OP_TYPE: &'static str;
+    /// The op's inputs, in node order.
+    const NODE_INPUTS: &'static [Self];
+    /// The one input that may be left out (always the last), if any.
+    const OPTIONAL: Option<Self>;
+    /// Which inputs are required, as the "is missing" message says it.
+    const REQUIRED: &'static str;
+    /// How many inputs the op takes, as the wrong-count message says it.
+    const COUNT: &'static str;
+
+    /// The input's position on the node.
+    fn position(self) -> usize;
+    /// Whether the input has the op's type T (else it is float32 for every T).
+    fn has_type_t(self) -> bool;
+    /// The op's own "unsupported element type" message (its error type's wording).
+    fn unsupported(self, found: String, accepted: &'static str) -> String;
+
+    /// [`fail_op`] for this op.
+    fn fail(node: &str, message: impl fmt::Display) -> ort::Error {
+        fail_op(Self::OP_TYPE, node, message)
+    }
+}
+
+impl OrtInput for ScanInput {
+    const OP_TYPE: &'static str = OP_TYPE;
+    const NODE_INPUTS: &'static [Self] = &ScanInput::ALL;
+    const OPTIONAL: Option<Self> = None;
+    const REQUIRED: &'static str = "all 7 inputs are required";
+    const COUNT: &'static str = "needs exactly 7 inputs";
+
+    fn position(self) -> usize {
+        self.index()
+    }
+
+    fn has_type_t(self) -> bool {
+        self.is_type_t()
+    }
+
+    fn unsupported(self, found: String, accepted: &'static str) -> String {
+        ScanError::UnsupportedType {
+            input: self,
+            found,
+            accepted,
+        }
+        .to_string()
+    }
+}
+
+/// The number of a node's inputs at compute time: all of the op's inputs, or all but a trailing
+/// `I::OPTIONAL`; another count is refused in the op's wording. Shared by the CPU and CUDA kernels.
+pub(crate) fn input_count<I: OrtInput>(ctx: &ComputeContext, node: &str) -> ort::Result<usize> {
+    let count = ctx.num_inputs()?;
+    let all = I::NODE_INPUTS.len();
+    if !(all - usize::from(I::OPTIONAL.is_some())..=all).contains(&count) {
+        return Err(I::fail(node, format!("{}, got {count}", I::COUNT)));
+    }
+    Ok(count)
+}
+
+/// The inputs of a node (their count checked by [`input_count`]): every one present but
+/// `I::OPTIONAL` (ONNX Runtime gives an optional input left out, or named with an empty name, as
+/// no value).
+pub(crate) fn present_inputs<'c, I: OrtInput>(
+    ctx: &'c ComputeContext,
+    node: &str,
+) -> ort::Result<Vec<Option<ValueRef<'c>>>> {
+    let count = input_count::<I>(ctx, node)?;
+    let mut values = Vec::with_capacity(count);
+    for &input in &I::NODE_INPUTS[..count] {
+        let value = ctx.input(input.position())?;
+        if value.is_none() && I::OPTIONAL != Some(input) {
+            return Err(I::fail(
+                node,
+                format!("input `{input}` is missing ({})", I::REQUIRED),
+            ));
+        }
+        values.push(value);
+    }
+    Ok(values)
+}
+
+/// The shapes and the data of a CPU kernel's present inputs, in node order.
+pub(crate) type Float32Inputs<'v> = (Vec<Vec<usize>>, Vec<&'v [f32]>);
+
+/// The shapes and float32 data of the present inputs among `values` (from [`present_inputs`]), in
+/// node order; an input of another type is refused with the op's message. The CPU kernels are
+/// float32 only.
+pub(crate) fn read_float32_inputs<'v, I: OrtInput>(
+    node: &str,
+    values: &'v [Option<ValueRef<'_>>],
+) -> ort::Result<Float32Inputs<'v>> {
+    let mut shapes: Vec<Vec<usize>> = Vec::with_capacity(values.len());
+    let mut data: Vec<&[f32]> = Vec::with_capacity(values.len());
+    for (&input, value) in I::NODE_INPUTS.iter().zip(values) {
+        let Some(value) = value else { continue };
+        let (shape, slice) = value.try_extract_tensor::<f32>().map_err(|_| {
+            I::fail(
+                node,
+                input.unsupported(format!("{:?}", value.dtype()), "float32"),
+            )
+        })?;
+        shapes.push(shape.iter().map(|&d| d.max(0) as usize).collect());
+        data.push(slice);
+    }
+    Ok((shapes, data))
 }
 
 /// `ai.groupmamba::SelectiveScan` version 1 (float32).
@@ -103,7 +234,7 @@ impl Operator for SelectiveScanOperator {
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        float32_inputs()
+        float32_inputs::<ScanInput>()
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
@@ -351,36 +482,8 @@ fn run_task(
 impl Kernel for SelectiveScanKernel {
     fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
         let node = self.node.as_str();
-        let count = ctx.num_inputs()?;
-        if count != ScanInput::ALL.len() {
-            return Err(fail(node, format!("needs exactly 7 inputs, got {count}")));
-        }
-        let mut values = Vec::with_capacity(count);
-        for input in ScanInput::ALL {
-            let value = ctx.input(input.index())?.ok_or_else(|| {
-                fail(
-                    node,
-                    format!("input `{input}` is missing (all 7 inputs are required)"),
-                )
-            })?;
-            values.push(value);
-        }
-        let mut shapes: Vec<Vec<usize>> = Vec::with_capacity(count);
-        let mut data: Vec<&[f32]> = Vec::with_capacity(count);
-        for (input, value) in ScanInput::ALL.iter().zip(&values) {
-            let (shape, slice) = value.try_extract_tensor::<f32>().map_err(|_| {
-                fail(
-                    node,
-                    ScanError::UnsupportedType {
-                        input: *input,
-                        found: format!("{:?}", value.dtype()),
-                        accepted: "float32",
-                    },
-                )
-            })?;
-            shapes.push(shape.iter().map(|&d| d.max(0) as usize).collect());
-            data.push(slice);
-        }
+        let values = present_inputs::<ScanInput>(ctx, node)?;
+        let (shapes, data) = read_float32_inputs::<ScanInput>(node, &values)?;
         let views: [&[usize]; 7] = std::array::from_fn(|i| shapes[i].as_slice());
         let shape = ScanShape::from_input_shapes(views).map_err(|e| fail(node, e))?;
         shape

@@ -28,7 +28,7 @@ use crate::dwconv::{
     ATTR_ACTIVATION, DWCONV_OP_TYPE,
 };
 use crate::tract_norm_op::{dims_clash, show};
-use crate::tract_op::{check_domain_and_opset, node_label};
+use crate::tract_op::{check_domain_and_opset, check_float_types, eval_in_float32, node_label};
 
 /// Installs the `DepthwiseConv` builder in `onnx`'s op registry (also done by
 /// [`crate::tract_op::register`], which installs every `ai.groupmamba` op).
@@ -240,18 +240,14 @@ impl DepthwiseConvOp {
             inputs.iter().join(", "),
             types.len()
         );
-        let t = types[ConvInput::X.index()];
-        ensure!(
-            t == DatumType::F32 || t == DatumType::F16,
-            "{DWCONV_OP_TYPE}: input `X` is {t:?}; T must be float32 or float16 here (bfloat16 is allowed by the specification but tract has no bfloat16)"
-        );
-        for &input in &inputs[1..] {
-            let found = types[input.index()];
-            ensure!(
-                found == DatumType::F32,
-                "{DWCONV_OP_TYPE}: input `{input}` is {found:?}, expected F32 (W, B and InputBias are always float32)"
-            );
-        }
+        check_float_types(
+            DWCONV_OP_TYPE,
+            types,
+            inputs,
+            ConvInput::is_type_t,
+            // X is the only input of type T and defines it, so the first message never shows.
+            ("", "W, B and InputBias are always float32"),
+        )?;
         Ok(())
     }
 }
@@ -288,40 +284,16 @@ impl EvalOp for DepthwiseConvOp {
             inputs.get(ConvInput::InputBias.index()).map(|b| b.shape()),
         )
         .map_err(|e| format_err!("{DWCONV_OP_TYPE}: {e}"))?;
-        // float16 inputs are widened here; float32 ones are borrowed as they are.
-        let tensors = inputs
-            .iter()
-            .map(|t| t.cast_to::<f32>())
-            .collect::<TractResult<Vec<_>>>()?;
-        let views = tensors
-            .iter()
-            .map(|t| t.try_as_plain_ram())
-            .collect::<TractResult<Vec<_>>>()?;
-        let slices = views
-            .iter()
-            .map(|v| v.as_slice::<f32>())
-            .collect::<TractResult<Vec<&[f32]>>>()?;
-        let conv_inputs = ConvInputs {
-            x: slices[ConvInput::X.index()],
-            w: slices[ConvInput::W.index()],
-            b: slices[ConvInput::B.index()],
-            input_bias: slices.get(ConvInput::InputBias.index()).copied(),
-        };
-        let mut y = Tensor::zero::<f32>(x_shape)?;
-        {
-            let mut view = y.try_as_plain_ram_mut()?;
-            depthwise_conv(
-                &shape,
-                &self.attrs,
-                conv_inputs,
-                view.as_slice_mut::<f32>()?,
-            )
-            .map_err(|e| format_err!("{DWCONV_OP_TYPE}: {e}"))?;
-        }
-        if t != DatumType::F32 {
-            y = y.cast_to_dt(t)?.into_owned();
-        }
-        Ok(tvec!(y.into_tvalue()))
+        eval_in_float32(&inputs, t, x_shape, |slices, y| {
+            let conv_inputs = ConvInputs {
+                x: slices[ConvInput::X.index()],
+                w: slices[ConvInput::W.index()],
+                b: slices[ConvInput::B.index()],
+                input_bias: slices.get(ConvInput::InputBias.index()).copied(),
+            };
+            depthwise_conv(&shape, &self.attrs, conv_inputs, y)
+                .map_err(|e| format_err!("{DWCONV_OP_TYPE}: {e}"))
+        })
     }
 }
 

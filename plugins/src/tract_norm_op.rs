@@ -26,7 +26,7 @@ use crate::norm::{
     grouped_layer_norm, NormAttributes, NormInput, NormInputs, NormShape, ATTR_EPSILON,
     ATTR_GATE_SILU, ATTR_GROUPS, MAX_GROUP_WIDTH, NORM_OP_TYPE,
 };
-use crate::tract_op::{check_domain_and_opset, node_label};
+use crate::tract_op::{check_domain_and_opset, check_float_types, eval_in_float32, node_label};
 
 /// Installs the `GroupedLayerNorm` builder in `onnx`'s op registry (also done by
 /// [`crate::tract_op::register`], which installs every `ai.groupmamba` op).
@@ -253,24 +253,16 @@ impl GroupedLayerNormOp {
             inputs.iter().join(", "),
             types.len()
         );
-        let t = types[NormInput::X.index()];
-        ensure!(
-            t == DatumType::F32 || t == DatumType::F16,
-            "{NORM_OP_TYPE}: input `X` is {t:?}; T must be float32 or float16 here (bfloat16 is allowed by the specification but tract has no bfloat16)"
-        );
-        for &input in inputs {
-            let found = types[input.index()];
-            let expected = if input.is_type_t() { t } else { DatumType::F32 };
-            ensure!(
-                found == expected,
-                "{NORM_OP_TYPE}: input `{input}` is {found:?}, expected {expected:?} ({})",
-                if input.is_type_t() {
-                    "X and Gate share the type T"
-                } else {
-                    "Scale and Bias are always float32"
-                }
-            );
-        }
+        check_float_types(
+            NORM_OP_TYPE,
+            types,
+            inputs,
+            NormInput::is_type_t,
+            (
+                "X and Gate share the type T",
+                "Scale and Bias are always float32",
+            ),
+        )?;
         Ok(())
     }
 }
@@ -308,40 +300,16 @@ impl EvalOp for GroupedLayerNormOp {
             self.attrs.groups,
         )
         .map_err(|e| format_err!("{NORM_OP_TYPE}: {e}"))?;
-        // float16 inputs are widened here; float32 ones are borrowed as they are.
-        let tensors = inputs
-            .iter()
-            .map(|t| t.cast_to::<f32>())
-            .collect::<TractResult<Vec<_>>>()?;
-        let views = tensors
-            .iter()
-            .map(|t| t.try_as_plain_ram())
-            .collect::<TractResult<Vec<_>>>()?;
-        let slices = views
-            .iter()
-            .map(|v| v.as_slice::<f32>())
-            .collect::<TractResult<Vec<&[f32]>>>()?;
-        let norm_inputs = NormInputs {
-            x: slices[NormInput::X.index()],
-            scale: slices[NormInput::Scale.index()],
-            bias: slices[NormInput::Bias.index()],
-            gate: slices.get(NormInput::Gate.index()).copied(),
-        };
-        let mut y = Tensor::zero::<f32>(x_shape)?;
-        {
-            let mut view = y.try_as_plain_ram_mut()?;
-            grouped_layer_norm(
-                &shape,
-                &self.attrs,
-                norm_inputs,
-                view.as_slice_mut::<f32>()?,
-            )
-            .map_err(|e| format_err!("{NORM_OP_TYPE}: {e}"))?;
-        }
-        if t != DatumType::F32 {
-            y = y.cast_to_dt(t)?.into_owned();
-        }
-        Ok(tvec!(y.into_tvalue()))
+        eval_in_float32(&inputs, t, x_shape, |slices, y| {
+            let norm_inputs = NormInputs {
+                x: slices[NormInput::X.index()],
+                scale: slices[NormInput::Scale.index()],
+                bias: slices[NormInput::Bias.index()],
+                gate: slices.get(NormInput::Gate.index()).copied(),
+            };
+            grouped_layer_norm(&shape, &self.attrs, norm_inputs, y)
+                .map_err(|e| format_err!("{NORM_OP_TYPE}: {e}"))
+        })
     }
 }
 

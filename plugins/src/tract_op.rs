@@ -35,6 +35,73 @@ pub fn register(onnx: &mut Onnx) {
     crate::tract_dwconv_op::register(onnx);
 }
 
+/// Checks the input types of a node whose kernel runs in float32 (shared by the three ops): T, the
+/// type of `inputs[0]`, must be float32 or float16; every input of type T (`is_type_t`) must have
+/// it, every other input must be float32 (`t_inputs` and `float32_inputs` name them in the
+/// message). `types` holds one type per entry of `inputs` (the caller checks the count, in its
+/// own wording). Returns T.
+pub(crate) fn check_float_types<I: Copy + std::fmt::Display>(
+    op_type: &str,
+    types: &[DatumType],
+    inputs: &[I],
+    is_type_t: impl Fn(I) -> bool,
+    (t_inputs, float32_inputs): (&str, &str),
+) -> TractResult<DatumType> {
+    let t = types[0];
+    ensure!(
+        t == DatumType::F32 || t == DatumType::F16,
+        "{op_type}: input `{}` is {t:?}; T must be float32 or float16 here (bfloat16 is allowed by the specification but tract has no bfloat16)",
+        inputs[0]
+    );
+    for (&input, &found) in inputs.iter().zip(types) {
+        let expected = if is_type_t(input) { t } else { DatumType::F32 };
+        ensure!(
+            found == expected,
+            "{op_type}: input `{input}` is {found:?}, expected {expected:?} ({})",
+            if is_type_t(input) {
+                t_inputs
+            } else {
+                float32_inputs
+            }
+        );
+    }
+    Ok(t)
+}
+
+/// Runs a float32 kernel on inputs of type T (float32 or float16, checked by
+/// [`check_float_types`]): float16 inputs are widened (float32 ones are borrowed as they are),
+/// `kernel` gets one slice per input and the zeroed float32 output of `out_shape`, and the output
+/// is narrowed back to T. tract has one CPU kernel per op, in float32; this keeps the float16
+/// boundary in one place.
+pub(crate) fn eval_in_float32(
+    inputs: &[TValue],
+    t: DatumType,
+    out_shape: &[usize],
+    kernel: impl FnOnce(&[&[f32]], &mut [f32]) -> TractResult<()>,
+) -> TractResult<TVec<TValue>> {
+    let tensors = inputs
+        .iter()
+        .map(|t| t.cast_to::<f32>())
+        .collect::<TractResult<Vec<_>>>()?;
+    let views = tensors
+        .iter()
+        .map(|t| t.try_as_plain_ram())
+        .collect::<TractResult<Vec<_>>>()?;
+    let slices = views
+        .iter()
+        .map(|v| v.as_slice::<f32>())
+        .collect::<TractResult<Vec<&[f32]>>>()?;
+    let mut y = Tensor::zero::<f32>(out_shape)?;
+    {
+        let mut view = y.try_as_plain_ram_mut()?;
+        kernel(&slices, view.as_slice_mut::<f32>()?)?;
+    }
+    if t != DatumType::F32 {
+        y = y.cast_to_dt(t)?.into_owned();
+    }
+    Ok(tvec!(y.into_tvalue()))
+}
+
 /// Describes a node for error messages: `node "name" (ai.groupmamba::SelectiveScan)` (any op
 /// type: shared with `tract_norm_op` and `tract_dwconv_op`).
 pub(crate) fn node_label(node: &NodeProto) -> String {
@@ -227,24 +294,16 @@ impl SelectiveScanOp {
             "{OP_TYPE} takes 7 inputs (u, delta, A, B, C, D, delta_bias), got {}",
             types.len()
         );
-        let t = types[ScanInput::U.index()];
-        ensure!(
-            t == DatumType::F32 || t == DatumType::F16,
-            "{OP_TYPE}: input `u` is {t:?}; T must be float32 or float16 here (bfloat16 is allowed by the specification but tract has no bfloat16)"
-        );
-        for input in ScanInput::ALL {
-            let found = types[input.index()];
-            let expected = if input.is_type_t() { t } else { DatumType::F32 };
-            ensure!(
-                found == expected,
-                "{OP_TYPE}: input `{input}` is {found:?}, expected {expected:?} ({})",
-                if input.is_type_t() {
-                    "u, delta, B and C share the type T"
-                } else {
-                    "A, D and delta_bias are always float32"
-                }
-            );
-        }
+        check_float_types(
+            OP_TYPE,
+            types,
+            &ScanInput::ALL,
+            ScanInput::is_type_t,
+            (
+                "u, delta, B and C share the type T",
+                "A, D and delta_bias are always float32",
+            ),
+        )?;
         Ok(())
     }
 }
@@ -279,44 +338,20 @@ impl EvalOp for SelectiveScanOp {
         shape
             .check_directions(&self.directions)
             .map_err(|e| format_err!("{OP_TYPE}: {e}"))?;
-        // float16 inputs are widened here; float32 ones are borrowed as they are.
-        let tensors = inputs
-            .iter()
-            .map(|t| t.cast_to::<f32>())
-            .collect::<TractResult<Vec<_>>>()?;
-        let views = tensors
-            .iter()
-            .map(|t| t.try_as_plain_ram())
-            .collect::<TractResult<Vec<_>>>()?;
-        let slices = views
-            .iter()
-            .map(|v| v.as_slice::<f32>())
-            .collect::<TractResult<Vec<&[f32]>>>()?;
-        let scan_inputs = ScanInputs {
-            u: slices[0],
-            delta: slices[1],
-            a: slices[2],
-            b: slices[3],
-            c: slices[4],
-            d: slices[5],
-            delta_bias: slices[6],
-        };
         let out_shape = shape.expected_shape(ScanInput::U);
-        let mut y = Tensor::zero::<f32>(&out_shape)?;
-        {
-            let mut view = y.try_as_plain_ram_mut()?;
-            selective_scan(
-                &shape,
-                &self.directions,
-                scan_inputs,
-                view.as_slice_mut::<f32>()?,
-            )
-            .map_err(|e| format_err!("{OP_TYPE}: {e}"))?;
-        }
-        if t != DatumType::F32 {
-            y = y.cast_to_dt(t)?.into_owned();
-        }
-        Ok(tvec!(y.into_tvalue()))
+        eval_in_float32(&inputs, t, &out_shape, |slices, y| {
+            let scan_inputs = ScanInputs {
+                u: slices[0],
+                delta: slices[1],
+                a: slices[2],
+                b: slices[3],
+                c: slices[4],
+                d: slices[5],
+                delta_bias: slices[6],
+            };
+            selective_scan(&shape, &self.directions, scan_inputs, y)
+                .map_err(|e| format_err!("{OP_TYPE}: {e}"))
+        })
     }
 }
 

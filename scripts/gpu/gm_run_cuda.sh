@@ -9,7 +9,9 @@
 # (stripped `cargo build --release -p gm-runtime --features cuda`, xz-compressed), gm-export.xz, and
 # custom-72x100/ (config.json, the .pth, input.npy, logits.npy); onnxruntime-gpu 1.31.1 as
 # /tmp/stage/ort-gpu.part* (../shared/gpu/stage-onnxruntime-gpu.sh; only its libonnxruntime*.so are used).
+# Env: EXPORT_ARGS, extra gm-export arguments for every export (e.g. --fused-ops).
 set -u
+EXPORT_ARGS=${EXPORT_ARGS:-}
 G=${G:-.gpu-stage/gmrun}
 W=/tmp/gmrun-work; mkdir -p "$W"; OUT=${OUT:-/tmp/gmrun-out}; mkdir -p "$OUT"
 for f in gm-run gm-bench gm-export; do xz -dkc "$G/$f.xz" > "$W/$f"; chmod +x "$W/$f"; done
@@ -19,7 +21,7 @@ use_ort_gpu "$W" || { echo "onnxruntime-gpu is not staged in /tmp/stage"; exit 1
 rc=0
 F=$G/custom-72x100
 echo "== 1. parity, custom-72x100 fixture (FP32 export), gm-run --device cuda"
-"$W/gm-export" --config "$F/config.json" --checkpoint "$F"/*.pth --height 72 --width 100 --out "$W/c72.onnx" | tail -1
+"$W/gm-export" --config "$F/config.json" --checkpoint "$F"/*.pth --height 72 --width 100 $EXPORT_ARGS --out "$W/c72.onnx" | tail -1
 for graph in "" "--cuda-graph"; do
   # A time limit per step and each log in $OUT: a hang shows where it is (an earlier version, copying
   # through ort's helper sessions, hung here with nothing printed).
@@ -37,12 +39,12 @@ done
 echo "== 2. gm-bench --backend ort-cuda, tiny@224"
 : > "$OUT/gm-bench-cuda.jsonl"
 for p in fp32 fp16; do
-  "$W/gm-export" --variant tiny --precision $p --out "$W/tiny-$p.onnx" | tail -1
+  "$W/gm-export" --variant tiny --precision $p $EXPORT_ARGS --out "$W/tiny-$p.onnx" | tail -1
   for graph in "" "--cuda-graph"; do
     for b in 1 128; do  # one process per batch: a CUDA graph per shape, and clean timings
       iters=$([ $b = 1 ] && echo 200 || echo 30)
       timeout 200 "$W/gm-bench" --model "$W/tiny-$p.onnx" --backend ort-cuda $graph --batch $b --iters $iters --warmup 5 \
-        2>/dev/null | sed "s/^{/{\"precision\": \"$p\", /" | tee -a "$OUT/gm-bench-cuda.jsonl" || rc=1
+        2>/dev/null | sed "s/^{/{\"precision\": \"$p\", \"export_args\": \"$EXPORT_ARGS\", /" | tee -a "$OUT/gm-bench-cuda.jsonl" || rc=1
     done
   done
 done
