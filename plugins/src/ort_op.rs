@@ -128,7 +128,7 @@ pub trait OrtInput: Copy + PartialEq + fmt::Display + 'static {
     /// The op's own "unsupported element type" message (its error type's wording).
     fn unsupported(self, found: String, accepted: &'static str) -> String;
 
-    /// [`fail_op`] for this op.
+    /// An error naming this op and `node` (`ai.groupmamba::<op> node "name": message`).
     fn fail(node: &str, message: impl fmt::Display) -> ort::Error {
         fail_op(Self::OP_TYPE, node, message)
     }
