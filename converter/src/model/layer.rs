@@ -228,9 +228,9 @@ impl GroupMambaLayer {
     }
 
     /// `in_proj` of every group: the normalised tokens x̂ (B, L, C) → (xs, z), with xs
-    /// channels-first ((B, C, L) or (B, G, d, L)) for the depthwise conv and z in the layout `out_projection`
-    /// gates in: SiLU(z) as (B, G, L, d), or z itself as (B, L, C) for the fused out_norm (the
-    /// op applies the SiLU).
+    /// channels-first ((B, C, L) or (B, G, d, L)) for the depthwise conv and z in the layout
+    /// `out_projection` gates in: SiLU(z) as (B, G, L, d), or z itself as (B, L, C) for the
+    /// fused out_norm (the op applies the SiLU).
     ///
     /// Standard: one MatMul batched over the groups on (B, G, L, d). Fused: one MatMul on
     /// (B, L, C) with the block-diagonal (C, 2C) weight, so that neither x̂ nor z is transposed
