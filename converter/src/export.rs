@@ -368,6 +368,10 @@ mod tests {
     use crate::model::function_scan::{ATTRIBUTE, INPUTS, OUTPUT};
 
     fn build(scan: ScanMode) -> ModelProto {
+        build_with(scan, false)
+    }
+
+    fn build_with(scan: ScanMode, fused_ops: bool) -> ModelProto {
         let config = ModelConfig {
             variant: "custom".into(),
             stem_hidden_dim: 8,
@@ -390,10 +394,79 @@ mod tests {
             allow_nonfinite: false,
             precision: FloatType::F32,
             scan,
-            fused_ops: false,
+            fused_ops,
             out: PathBuf::from("unused.onnx"),
         };
         build_model(&model, &weights, &opts, vec![])
+    }
+
+    fn count(m: &ModelProto, domain: &str, op_type: &str) -> usize {
+        let graph = m.graph.as_ref().unwrap();
+        let same = |n: &&crate::onnx::proto::NodeProto| n.domain == domain && n.op_type == op_type;
+        graph.node.iter().filter(same).count()
+    }
+
+    /// `--fused-ops`: every LayerNorm is a GroupedLayerNorm (one per norm module and one per
+    /// SS2D out_norm), every depthwise conv a DepthwiseConv; the standard graph has none of them.
+    #[test]
+    fn fused_ops_replace_every_layer_norm_and_depthwise_conv() {
+        use gm_ops::dwconv::DWCONV_OP_TYPE;
+        use gm_ops::norm::NORM_OP_TYPE;
+        use gm_ops::spec::DOMAIN;
+        let standard = build(ScanMode::CustomOp);
+        let fused = build_with(ScanMode::CustomOp, true);
+        let norms = count(&standard, "", "LayerNormalization");
+        let convs = count(&standard, "", "Conv");
+        assert!(norms > 0 && convs > 0);
+        assert_eq!(count(&fused, "", "LayerNormalization"), 0);
+        assert_eq!(count(&fused, DOMAIN, NORM_OP_TYPE), norms);
+        // The depthwise convs (one per layer, one per FFN) leave; the stem's and the downsamplings'
+        // dense convs stay standard.
+        let depthwise = count(&fused, DOMAIN, DWCONV_OP_TYPE);
+        assert!(depthwise > 0);
+        assert_eq!(count(&fused, "", "Conv"), convs - depthwise);
+        assert_eq!(count(&standard, DOMAIN, NORM_OP_TYPE), 0);
+        assert_eq!(count(&standard, DOMAIN, DWCONV_OP_TYPE), 0);
+        assert_eq!(fused.opset_import, standard.opset_import);
+        assert!(meta(&fused, "groupmamba.fused_ops").contains(NORM_OP_TYPE));
+        assert!(meta(&standard, "groupmamba.fused_ops").starts_with("none"));
+    }
+
+    /// The fused operators are ours: the modes for runtimes without our ops refuse them, before
+    /// anything is written.
+    #[test]
+    fn fused_ops_need_the_custom_scan() {
+        let dir = std::env::temp_dir().join(format!("gm-fused-refused-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for scan in [
+            ScanMode::Portable { chunk: 16 },
+            ScanMode::Function { chunk: 16 },
+        ] {
+            let out = dir.join("m.onnx");
+            let opts = ExportOptions {
+                config: ModelConfig::variant("tiny").unwrap(),
+                checkpoint: None,
+                seed: 0,
+                height: 32,
+                width: 32,
+                debug_outputs: false,
+                allow_nonfinite: false,
+                precision: FloatType::F32,
+                scan,
+                fused_ops: true,
+                out: out.clone(),
+            };
+            let err = export(&opts).unwrap_err();
+            assert!(
+                matches!(err, ExportError::FusedOpsNeedCustomScan { .. }),
+                "{err}"
+            );
+            assert!(
+                err.to_string().contains("--fused-ops needs --scan custom"),
+                "{err}"
+            );
+            assert!(!out.exists());
+        }
     }
 
     fn meta(m: &ModelProto, key: &str) -> String {
