@@ -66,7 +66,7 @@ struct Args {
     /// block-diagonal MatMuls on channels-last tokens) and every depthwise convolution with its
     /// biases and SiLU/GELU as one ai.groupmamba::DepthwiseConv: fewer and faster kernels on
     /// ONNX Runtime's CUDA EP with libgroupmamba_ops.so. Runs on CPUs too (tract, ONNX Runtime
-    /// with our library), where the standard graph is as fast or faster. Needs --scan custom.
+    /// with our library), but 1.3-2.5x slower there than the standard graph. Needs --scan custom.
     #[arg(long)]
     fused_ops: bool,
 }
