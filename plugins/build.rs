@@ -19,6 +19,8 @@ fn main() {
     for source in SOURCES {
         println!("cargo:rerun-if-changed=cuda/{source}.cu");
     }
+    // Included by layer_norm.cu and depthwise_conv.cu.
+    println!("cargo:rerun-if-changed=cuda/element_io.cuh");
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-env-changed=GM_CUDA_ARCHS");

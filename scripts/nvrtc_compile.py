@@ -72,7 +72,8 @@ def compile_source(nvrtc, version, name, args):
     for kernel in kernels:
         check(nvrtc, nvrtc.nvrtcAddNameExpression(prog, f"&{kernel}".encode()), f"nvrtcAddNameExpression {kernel}")
     opts = [f"--gpu-architecture=compute_{args.arch}", "-std=c++17", "-default-device", "-DNDEBUG"]
-    opts += [f"-I{d}" for d in args.include]
+    # CUDA_DIR: the kernels' own headers (element_io.cuh), then the toolkit's.
+    opts += [f"-I{d}" for d in [CUDA_DIR] + args.include]
     c_opts = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
     status = nvrtc.nvrtcCompileProgram(prog, len(opts), c_opts)
     check(nvrtc, status, f"compile of {file_name} (" + " ".join(opts) + ")", prog)
