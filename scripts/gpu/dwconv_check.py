@@ -37,35 +37,25 @@ import ctypes
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 
 import torch
 import torch.nn.functional as F
 
-DTYPES = {"f32": (0, torch.float32), "f16": (1, torch.float16), "bf16": (2, torch.bfloat16)}
-# Bits of significand after the point: 1 ulp at [1, 2); smallest spacing (subnormals).
-ULP = {"f32": (2.0 ** -23, 2.0 ** -149), "f16": (2.0 ** -10, 2.0 ** -24), "bf16": (2.0 ** -7, 2.0 ** -133)}
+import kernel_check
+from kernel_check import (ABS_SLACK, CUDA_ERROR_INVALID_VALUE, DTYPES, ROOT, judge, offset_view, ptr,
+                          time_graph)
+
 ACTIVATIONS = {"none": 0, "silu": 1, "gelu": 2}
-CUDA_ERROR_INVALID_VALUE = 1
-ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 SOURCE = os.path.join(ROOT, "plugins", "cuda", "depthwise_conv.cu")
-ABS_SLACK = 1e-5  # relative to max |ref|
 U = 2.0 ** -24
 ACT_SLOPE = 1.13  # max |d act / dv| over SiLU (1.0998) and GELU (1.1289)
 TINY_SHAPES = ((64, 56), (256, 56), (128, 28), (512, 28), (348, 14), (1392, 14), (448, 7), (1792, 7))
 
 
 def build_lib(nvcc, flags, out_dir):
-    major, minor = torch.cuda.get_device_capability()
-    arch = f"{major}{minor}"
-    lib = os.path.join(out_dir, "libgm_dwconv.so")
-    cmd = [nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-gencode",
-           f"arch=compute_{arch},code=sm_{arch}", *flags, SOURCE, "-o", lib]
-    print("build:", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-    return lib
+    return kernel_check.build_lib(nvcc, flags, out_dir, SOURCE, "libgm_dwconv.so")
 
 
 def load_lib(path):
@@ -74,10 +64,6 @@ def load_lib(path):
     f.restype = ctypes.c_int
     f.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5 + [ctypes.c_int, ctypes.c_void_p]
     return f
-
-
-def ptr(t):
-    return None if t is None else t.data_ptr()
 
 
 def call(fn, code, x, w, b, ib, y, n, c, h, wd, k, act, stream=None):
@@ -94,14 +80,6 @@ def launch(fn, dtype, t, act, y=None):
     rc = call(fn, DTYPES[dtype][0], t["x"], t["w"], t["b"], t.get("ib"), y, n, c, h, wd, k, ACTIVATIONS[act])
     assert rc == 0, f"kernel launch failed: cudaError {rc}"
     return y
-
-
-def offset_view(src, offset):
-    """A copy of src whose data starts `offset` elements past an allocation's start (misaligned)."""
-    flat = torch.empty(src.numel() + offset, dtype=src.dtype, device=src.device)
-    view = flat[offset:].view(src.shape)
-    view.copy_(src)
-    return view
 
 
 def random_case(gen, n, c, h, w, k, dtype, with_ib, misalign=0):
@@ -141,35 +119,6 @@ def reference(t, act):
         y = acc
     cond = ACT_SLOPE * (k * k + 2) * U * size + 4 * U * (acc.abs() + y.abs())
     return y, cond
-
-
-def ulp_of(ref, dtype):
-    unit, tiny = ULP[dtype]
-    a = ref.abs().clamp_min(tiny)
-    return torch.maximum(torch.exp2(torch.floor(torch.log2(a))) * unit, torch.full_like(a, tiny))
-
-
-def judge(y, reference, dtype):
-    """Errors of y against the reference (value, float32 bound) and whether they are within the
-    tolerance (module docstring)."""
-    ref, cond = reference
-    y = y.double()
-    err = (y - ref).abs()
-    peak = float(ref.abs().max()) if ref.numel() else 0.0
-    max_abs = float(err.max()) if err.numel() else 0.0
-    finite = bool(torch.isfinite(y).all())
-    out = {"max_abs": max_abs, "max_rel": max_abs / max(peak, 1e-30), "max_ref": peak, "finite": finite}
-    slack = ABS_SLACK * peak + cond
-    if dtype == "f32":
-        ok = finite and bool((err <= slack).all())
-    else:
-        ulp = ulp_of(ref, dtype)
-        # In ulps where |ref| >= 1% of the peak (next to zero the absolute slack dominates).
-        big = ref.abs() >= 1e-2 * peak
-        out["max_ulp"] = float((err / ulp)[big].max()) if bool(big.any()) else 0.0
-        ok = finite and bool((err <= ulp + slack).all())
-    out["ok"] = ok
-    return out
 
 
 def run_case(fn, gen, dtype, n, c, h, w, k, act, with_ib, misalign=0, misalign_y=0, extra=None):
@@ -292,34 +241,6 @@ def huge_case(fn, gen):
     del x, y, xv, yv
     torch.cuda.empty_cache()
     return result
-
-
-def time_graph(step, sets, launches=20, reps=10):
-    """Median time per call (ms) of step(i % sets) captured `launches` times in one CUDA graph."""
-    launches = max(launches, 2 * sets)
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for i in range(3):  # warm-up outside the graph (lazy initialisation, allocator, cudnn.benchmark)
-            step(i % sets)
-        stream.synchronize()
-        with torch.cuda.graph(graph, stream=stream):
-            for i in range(launches):
-                step(i % sets)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph.replay()  # warm-up replay, not timed
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(reps):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / launches)
-    times.sort()
-    return times[len(times) // 2]
 
 
 def bench(fn, dtype, n, c, hw, act, with_ib, gen, k=3):

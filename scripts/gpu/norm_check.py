@@ -33,35 +33,24 @@ the op replaces (layer_norm, affine, SiLU, product).
 import argparse
 import ctypes
 import json
-import math
 import os
-import subprocess
 import sys
 import tempfile
 
 import torch
 import torch.nn.functional as F
 
-DTYPES = {"f32": (0, torch.float32), "f16": (1, torch.float16), "bf16": (2, torch.bfloat16)}
-# Bits of significand after the point: 1 ulp at [1, 2); smallest spacing (subnormals).
-ULP = {"f32": (2.0 ** -23, 2.0 ** -149), "f16": (2.0 ** -10, 2.0 ** -24), "bf16": (2.0 ** -7, 2.0 ** -133)}
-CUDA_ERROR_INVALID_VALUE = 1
-ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+import kernel_check
+from kernel_check import (ABS_SLACK, CUDA_ERROR_INVALID_VALUE, DTYPES, ROOT, judge, offset_view, ptr,
+                          time_graph)
+
 SOURCE = os.path.join(ROOT, "plugins", "cuda", "layer_norm.cu")
-ABS_SLACK = 1e-5  # relative to max |ref|
 # float32 rounding of x − μ, in units of u = 2^-24 of |x| + |μ| (times 1/σ, scale and gate): see `judge`.
 F32_ARITHMETIC_ULPS = 8
 
 
 def build_lib(nvcc, flags, out_dir):
-    major, minor = torch.cuda.get_device_capability()
-    arch = f"{major}{minor}"
-    lib = os.path.join(out_dir, "libgm_norm.so")
-    cmd = [nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-gencode",
-           f"arch=compute_{arch},code=sm_{arch}", *flags, SOURCE, "-o", lib]
-    print("build:", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-    return lib
+    return kernel_check.build_lib(nvcc, flags, out_dir, SOURCE, "libgm_norm.so")
 
 
 def load_lib(path):
@@ -71,10 +60,6 @@ def load_lib(path):
     f.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [
         ctypes.c_float, ctypes.c_int, ctypes.c_void_p]
     return f
-
-
-def ptr(t):
-    return None if t is None else t.data_ptr()
 
 
 def call(fn, code, x, scale, bias, gate, y, rows, channels, groups, eps, silu, stream=None):
@@ -92,14 +77,6 @@ def launch(fn, dtype, t, groups, eps, silu, y=None):
               eps, silu)
     assert rc == 0, f"kernel launch failed: cudaError {rc}"
     return y
-
-
-def offset_view(src, offset):
-    """A copy of src whose data starts `offset` elements past an allocation's start (misaligned)."""
-    flat = torch.empty(src.numel() + offset, dtype=src.dtype, device=src.device)
-    view = flat[offset:].view(src.shape)
-    view.copy_(src)
-    return view
 
 
 def random_case(gen, rows, channels, dtype, gated, misalign=0, misalign_params=0):
@@ -142,35 +119,6 @@ def reference(t, groups, eps, silu):
         y = y * factor
         cond = cond * factor.abs()
     return y, F32_ARITHMETIC_ULPS * 2.0 ** -24 * cond
-
-
-def ulp_of(ref, dtype):
-    unit, tiny = ULP[dtype]
-    a = ref.abs().clamp_min(tiny)
-    return torch.maximum(torch.exp2(torch.floor(torch.log2(a))) * unit, torch.full_like(a, tiny))
-
-
-def judge(y, reference, dtype):
-    """Errors of y against the reference (value, float32 bound) and whether they are within the
-    tolerance (module docstring)."""
-    ref, cond = reference
-    y = y.double()
-    err = (y - ref).abs()
-    peak = float(ref.abs().max()) if ref.numel() else 0.0
-    max_abs = float(err.max()) if err.numel() else 0.0
-    finite = bool(torch.isfinite(y).all())
-    out = {"max_abs": max_abs, "max_rel": max_abs / max(peak, 1e-30), "max_ref": peak, "finite": finite}
-    slack = ABS_SLACK * peak + cond
-    if dtype == "f32":
-        ok = finite and bool((err <= slack).all())
-    else:
-        ulp = ulp_of(ref, dtype)
-        # In ulps where |ref| >= 1% of the peak (next to zero the absolute slack dominates).
-        big = ref.abs() >= 1e-2 * peak
-        out["max_ulp"] = float((err / ulp)[big].max()) if bool(big.any()) else 0.0
-        ok = finite and bool((err <= ulp + slack).all())
-    out["ok"] = ok
-    return out
 
 
 def correctness(fn, quick, gen):
@@ -270,34 +218,6 @@ def huge_case(fn, gen):
     return result
 
 
-def time_graph(step, sets, launches=20, reps=10):
-    """Median time per call (ms) of step(i % sets) captured `launches` times in one CUDA graph."""
-    launches = max(launches, 2 * sets)
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for i in range(3):  # warm-up outside the graph (lazy initialisation, allocator)
-            step(i % sets)
-        stream.synchronize()
-        with torch.cuda.graph(graph, stream=stream):
-            for i in range(launches):
-                step(i % sets)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph.replay()  # warm-up replay, not timed
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(reps):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / launches)
-    times.sort()
-    return times[len(times) // 2]
-
-
 def bench(fn, dtype, rows, channels, groups, gated, gen):
     tdt = DTYPES[dtype][1]
     el = torch.tensor([], dtype=tdt).element_size()
@@ -370,7 +290,7 @@ def main():
     gen.manual_seed(1234)
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "lib": lib,
               "tolerance": {"f32": f"every element <= {ABS_SLACK} * max|ref| + {F32_ARITHMETIC_ULPS} u (|x|+|mu|)/sigma |scale| |gate|",
-                            "f16/bf16": f"every element <= 1 ulp of T at ref + the f32 slack"}}
+                            "f16/bf16": "every element <= 1 ulp of T at ref + the f32 slack"}}
     ok = True
     if not args.bench_only:
         report["arguments"] = argument_checks(fn)
