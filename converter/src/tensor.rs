@@ -21,4 +21,9 @@ impl Tensor {
     pub fn numel(&self) -> usize {
         self.data.len()
     }
+
+    /// The same values as one axis (per-channel parameters stored (1, C) or (C, 1), …).
+    pub fn flattened(&self) -> Tensor {
+        Tensor::new(vec![self.numel()], self.data.clone())
+    }
 }

@@ -217,9 +217,12 @@ impl<'w> Emitter<'w> {
         silu_gate: Option<&Value>,
     ) -> Value {
         use gm_ops::norm::{ATTR_EPSILON, ATTR_GATE_SILU, ATTR_GROUPS, NORM_OP_TYPE};
-        let flat = |t: &Tensor| Tensor::new(vec![t.numel()], t.data.clone());
-        let scale = self.g.initializer("scale", &flat(scale), FloatType::F32);
-        let bias = self.g.initializer("bias", &flat(bias), FloatType::F32);
+        let scale = self
+            .g
+            .initializer("scale", &scale.flattened(), FloatType::F32);
+        let bias = self
+            .g
+            .initializer("bias", &bias.flattened(), FloatType::F32);
         let mut inputs = vec![x, &scale, &bias];
         let mut attrs = vec![
             (ATTR_GROUPS, Attr::Int(groups as i64)),
@@ -289,11 +292,14 @@ impl<'w> Emitter<'w> {
         input_bias: Option<&Tensor>,
         activation: Activation,
     ) -> Value {
-        let flat = |t: &Tensor| Tensor::new(vec![t.numel()], t.data.clone());
         let w = self.g.initializer("weight", weight, FloatType::F32);
-        let b = self.g.initializer("bias", &flat(bias), FloatType::F32);
-        let input_bias =
-            input_bias.map(|t| self.g.initializer("input_bias", &flat(t), FloatType::F32));
+        let b = self
+            .g
+            .initializer("bias", &bias.flattened(), FloatType::F32);
+        let input_bias = input_bias.map(|t| {
+            self.g
+                .initializer("input_bias", &t.flattened(), FloatType::F32)
+        });
         let mut inputs = vec![x, &w, &b];
         inputs.extend(input_bias.as_ref());
         let attrs = [(ATTR_ACTIVATION, Attr::Str(activation.name().to_string()))];

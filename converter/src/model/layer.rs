@@ -156,7 +156,9 @@ impl GroupMambaLayer {
             })
         });
         let ds = concat(e, |e, k| group(e, k, |e| e.tensor("Ds").clone()));
-        let dt_bias = concat(e, |e, k| group(e, k, |e| flat(e.tensor("dt_projs_bias"))));
+        let dt_bias = concat(e, |e, k| {
+            group(e, k, |e| e.tensor("dt_projs_bias").flattened())
+        });
 
         // The scans of the four groups, y in row-major spatial order, channels last for out_norm:
         // (B, G, L, d), or (B, L, C) for the fused out_norm.
@@ -400,10 +402,6 @@ fn transposed(t: &Tensor) -> Tensor {
 /// (1, a, b) → (a, b).
 fn squeeze0(t: &Tensor) -> Tensor {
     Tensor::new(t.shape[1..].to_vec(), t.data.clone())
-}
-
-fn flat(t: &Tensor) -> Tensor {
-    Tensor::new(vec![t.numel()], t.data.clone())
 }
 
 /// (d,) → (1, d), to broadcast over the tokens of a group.
