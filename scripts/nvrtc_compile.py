@@ -35,9 +35,11 @@ NORM_KERNELS = [
     for per in (4, 8, 16, 32)
     if per >= v
 ]
-# The kernels gm_depthwise_conv_cuda launches (launch_conv_k): K = 1, 3, 5, 7 in every type (the load
-# width is a switch inside the kernel, not a template parameter).
-DWCONV_KERNELS = [f"depthwise_conv_kernel<{t}, {k}>" for t in TYPES for k in (1, 3, 5, 7)]
+# The kernels gm_depthwise_conv_cuda launches (launch_conv_k, and launch_nhwc_k for channels_last):
+# K = 1, 3, 5, 7 in every type (the load width, and for NHWC the activation, are switches inside the
+# kernel, not template parameters).
+DWCONV_KERNELS = [f"{kernel}<{t}, {k}>" for kernel in ("depthwise_conv_kernel", "depthwise_conv_nhwc_kernel")
+                  for t in TYPES for k in (1, 3, 5, 7)]
 # name -> (file in plugins/cuda, kernel instantiations)
 SOURCES = {
     "selective_scan": ("selective_scan.cu", SCAN_KERNELS),

@@ -425,6 +425,24 @@ mod tests {
         let depthwise = count(&fused, DOMAIN, DWCONV_OP_TYPE);
         assert!(depthwise > 0);
         assert_eq!(count(&fused, "", "Conv"), convs - depthwise);
+        // Every DepthwiseConv runs channels-last, on the (B, H, W, C) view of a Linear's tokens
+        // (the layers' convs and the FFNs' convs, which take fc1's bias as InputBias).
+        let graph = fused.graph.as_ref().unwrap();
+        let convs: Vec<_> = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type == DWCONV_OP_TYPE)
+            .collect();
+        assert!(convs.iter().any(|n| n.input.len() == 4));
+        assert!(convs.iter().any(|n| n.input.len() == 3));
+        for node in convs {
+            let channels_last = node
+                .attribute
+                .iter()
+                .find(|a| a.name == gm_ops::dwconv::ATTR_CHANNELS_LAST)
+                .and_then(|a| a.i);
+            assert_eq!(channels_last, Some(1), "{}", node.name);
+        }
         assert_eq!(count(&standard, DOMAIN, NORM_OP_TYPE), 0);
         assert_eq!(count(&standard, DOMAIN, DWCONV_OP_TYPE), 0);
         assert_eq!(fused.opset_import, standard.opset_import);

@@ -1,11 +1,12 @@
 // CUDA kernel for ai.groupmamba::DepthwiseConv v1 (see ../SPEC.md §9).
 //
-// For every (n, c) plane of X [N, C, H, W]: a K×K depthwise cross-correlation (stride 1, zero padding
-// K/2) of x̃ = X + InputBias[c] (inside the image; the padding stays zero), plus B[c], then
-// act ∈ {identity, SiLU, exact GELU}; FP32 arithmetic, Y rounded to T once. X and Y of type T (FP32,
-// FP16, BF16); W [C, 1, K, K], B and InputBias [C] FP32. K odd, 1 to 7 (a template parameter).
+// For every (n, c) plane of X [N, C, H, W] (or of X [N, H, W, C]: channels-last, below): a K×K
+// depthwise cross-correlation (stride 1, zero padding K/2) of x̃ = X + InputBias[c] (inside the
+// image; the padding stays zero), plus B[c], then act ∈ {identity, SiLU, exact GELU}; FP32
+// arithmetic, Y rounded to T once. X and Y of type T (FP32, FP16, BF16); W [C, 1, K, K], B and
+// InputBias [C] FP32. K odd, 1 to 7 (a template parameter).
 //
-// Why this shape of kernel: the op is a memory-bound stencil (each element of X is read once and
+// Why this shape of kernel (NCHW: depthwise_conv_kernel): the op is a memory-bound stencil (each element of X is read once and
 // each of Y written once; K² FMAs and an activation per output), and GroupMamba's planes are small
 // (7×7 to 56×56), so:
 //   * A block iteration stages a tile of input into shared memory as FP32, with the input bias
@@ -36,6 +37,46 @@
 //     multiply-shift divisions. Dynamic shared memory ≤ GM_DWCONV_MAX_SMEM_BYTES (no opt-in call),
 //     no allocation, no synchronisation but __syncthreads: safe inside CUDA graphs; the host side
 //     makes no runtime call but the launch and cudaGetLastError.
+//
+// Channels-last (channels_last = 1: X and Y [N, H, W, C], the same W, B, InputBias and math):
+// depthwise_conv_nhwc_kernel. Here consecutive channels are adjacent in memory, so a warp's lanes take
+// consecutive channel vectors and every load and store is a coalesced vector along C, with no shared
+// memory and no barrier. Staging to shared memory would buy nothing (nothing to transpose) and costs
+// what makes the NCHW kernel slow in FP16: per element it is bound by instructions (at FP16's 4 bytes
+// an element, 2.3 TB/s is ~575 G outputs/s, ~50 issue slots an output on an H100, of which the K² = 9
+// FMAs and the activation, ~20 for SiLU's expf and IEEE division, ~26 for erff, are fixed), so the
+// design keeps the rest per element small:
+//   * A thread computes a strip: V channels (a vector: at most 2 in FP32 and 4 in FP16/BF16 for K ≤ 3,
+//     GM_DWCONV_NHWC_VEC/_VEC16; the widest that divides C and to which X and Y are aligned, as narrow
+//     as 1 for odd C) × rows (K ≤ 3: 4 in FP32, 2 in FP16/BF16; 2 for K = 5, 1 for K = 7) × a whole
+//     image row (or a segment of one, when the launch
+//     would otherwise have fewer than GM_DWCONV_NHWC_TARGET_THREADS threads). Its V·K² weights (one
+//     vector load per tap: W's channels are contiguous), bias and input bias live in registers.
+//   * It walks the window (rows + K − 1 image rows, K − 1 more columns than outputs) column by column,
+//     each window column loaded one column ahead of its use: one predicated vector load per row
+//     (inline PTX ld.global.nc, zeros outside the image, no branch; the compiler's `if (ok) load`
+//     became a branch per load, which serialised them), widened to FP32 once, the input bias added by
+//     one FMA (× 1 inside the image, × 0 in the padding rows and columns), and added into the K output
+//     columns that use it. Each input element is read and converted once per strip: (rows + K − 1) /
+//     rows times per output along the height (1.5 at 4 rows, 2 at 2) and once along the width; vertical
+//     neighbours' overlapping rows come from L1/L2.
+//   * The sums of output column o live in slot o mod K, with the column loop unrolled K times so the
+//     slots (K · rows · V sums: 24 at K = 3, either way) and the window-column buffers are registers, never
+//     copied; column o is finished (activation, rounding to T, predicated stores of its rows inside
+//     the image) after window column o + K − 1. The taps are summed column by column (kc outer, kr
+//     inner) from B; the first one is fmaf(w, x, B), so no slot is ever reset. (SPEC §9 leaves the
+//     order free; the bound of the checks does not depend on it.)
+//   * Row k of a window column is the column pointer + k · W·C elements as one mad.wide.u32 (32-bit
+//     strides) rather than a chain of 64-bit pointer adds; image rows of 2^32 elements or more take a
+//     64-bit-stride copy of the code with V = 1. Strip indices are split with FastDiv below 2^31
+//     strips, 64-bit divisions above.
+//   * Blocks of at most 256 threads: blockDim.x channel vectors (≤ 32, the slices of C as even as they
+//     go, so C = 348 in 2s is 6 slices of 29 lanes, none idle) × blockDim.y strips, consecutive down
+//     the image (their overlapping window rows meet in L1); blockIdx.x = slice + slices · strip group,
+//     a grid-stride loop over strip groups with 64-bit offsets; every block keeps its slice (the grid
+//     is a whole number of slices). The vector width and the activation are uniform switches outside
+//     the strip loop (one inlined copy of the strip code each). ≤ 128 registers at K ≤ 5
+//     (__launch_bounds__ min 2 blocks of 256), no spills; K = 7 (V = 1, one row) may take more.
 //
 // The file also compiles with NVRTC (__CUDACC_RTC__: device code only, no host launcher), which is
 // how sm_72 (Jetson Xavier, dropped by CUDA 13) is checked: scripts/check_cuda_build.sh.
@@ -71,6 +112,30 @@ typedef unsigned long long uintptr_t;
 #endif
 #ifndef GM_DWCONV_MAX_GRID
 #define GM_DWCONV_MAX_GRID (1 << 30)
+#endif
+// Channels-last path: GM_DWCONV_NHWC_VEC / GM_DWCONV_NHWC_ROWS: most channels per thread (4, 2 or 1;
+// K = 5 takes at most 2, K = 7 1) and output rows per thread (1 to 8) for FP32, and _VEC16 / _ROWS16
+// for FP16 and BF16 (measured on the H100, benchmarks/h100-dwconv-nhwc/: 4 × 2 is 7-16 % faster than
+// 2 × 4 in FP16 on tiny's shapes; in FP32 it spills and is slower on the 56² maps).
+// GM_DWCONV_NHWC_TARGET_THREADS: image rows are cut into column segments until a launch has about
+// this many threads.
+#ifndef GM_DWCONV_NHWC_VEC
+#define GM_DWCONV_NHWC_VEC 2
+#endif
+#ifndef GM_DWCONV_NHWC_ROWS
+#define GM_DWCONV_NHWC_ROWS 4
+#endif
+#ifndef GM_DWCONV_NHWC_VEC16
+#define GM_DWCONV_NHWC_VEC16 4
+#endif
+#ifndef GM_DWCONV_NHWC_ROWS16
+#define GM_DWCONV_NHWC_ROWS16 2
+#endif
+#ifndef GM_DWCONV_NHWC_TARGET_THREADS
+#define GM_DWCONV_NHWC_TARGET_THREADS (1 << 17)
+#endif
+#ifndef GM_DWCONV_NHWC_MIN_BLOCKS
+#define GM_DWCONV_NHWC_MIN_BLOCKS 2
 #endif
 
 namespace {
@@ -422,6 +487,347 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_conv_kernel(ConvParams 
 }
 
 // ----------------------------------------------------------------------------------------------
+// Channels-last: X and Y [N, H, W, C] (see the file header).
+
+constexpr int kNhwcThreads = 256;  // threads per block (at most)
+constexpr int kNhwcLanes = 32;     // channel vectors per block row (at most): a warp's worth
+static_assert(GM_DWCONV_NHWC_ROWS >= 1 && GM_DWCONV_NHWC_ROWS <= 8, "bad GM_DWCONV_NHWC_ROWS");
+static_assert(GM_DWCONV_NHWC_ROWS16 >= 1 && GM_DWCONV_NHWC_ROWS16 <= 8, "bad GM_DWCONV_NHWC_ROWS16");
+static_assert(GM_DWCONV_NHWC_VEC == 1 || GM_DWCONV_NHWC_VEC == 2 || GM_DWCONV_NHWC_VEC == 4,
+              "bad GM_DWCONV_NHWC_VEC");
+static_assert(GM_DWCONV_NHWC_VEC16 == 1 || GM_DWCONV_NHWC_VEC16 == 2 || GM_DWCONV_NHWC_VEC16 == 4,
+              "bad GM_DWCONV_NHWC_VEC16");
+
+// Most channels per thread (before C and alignment) and output rows per thread for kernel size k and
+// elements of `elem` bytes: a thread keeps V·K² weights and K·rows·V sums in registers (K = 5: V ≤ 2,
+// at most 2 rows; K = 7: V = 1, 1 row).
+__host__ __device__ constexpr int nhwc_max_vec(int k, int elem) {
+  return k > 3 ? 1 : elem == 4 ? GM_DWCONV_NHWC_VEC : GM_DWCONV_NHWC_VEC16;
+}
+__host__ __device__ constexpr int nhwc_rows(int k, int elem) {
+  return k <= 3 ? (elem == 4 ? GM_DWCONV_NHWC_ROWS : GM_DWCONV_NHWC_ROWS16)
+                : k == 5 ? (nhwc_rows(3, elem) < 2 ? nhwc_rows(3, elem) : 2) : 1;
+}
+
+struct NhwcParams {
+  const void* x;
+  const float* w;
+  const float* b;
+  const float* input_bias;  // null: no input bias
+  void* y;
+  int64_t units;    // strips per channel vector: N · segs · bands
+  int64_t ublocks;  // groups of blockDim.y consecutive strips: ceil(units / blockDim.y)
+  int64_t row_len;  // elements per image row: W · C
+  int height, width, channels;
+  int activation;   // Activation
+  int vec;          // channels per thread (1, 2, 4): divides C; X and Y aligned to it
+  int w_vec;        // W aligned to vec floats: the weights load as vec-wide vectors
+  int small;        // units < 2^31: strip indices split with FastDiv
+  int wide;         // W · C ≥ 2^32: 64-bit strides (vec = 1)
+  int slices;       // channel slices of blockDim.x vectors (the blocks' fastest index)
+  int bands;        // strips down an image: ceil(H / nhwc_rows(K, element size))
+  int segs;         // column segments across an image
+  int seg_w;        // columns per segment (the last one: the rest)
+  FastDiv by_bands, by_segs;
+};
+
+// V consecutive elements of T as 32-bit words (a 2-byte vector in the low half of one word).
+template <typename T, int V>
+struct RawVec {
+  static constexpr int kBytes = int(sizeof(T)) * V;
+  static constexpr int kWords = kBytes < 4 ? 1 : kBytes / 4;
+  static_assert(kBytes == 2 || kBytes == 4 || kBytes == 8 || kBytes == 16, "unsupported vector");
+  uint32_t w[kWords];
+};
+
+// Loads V elements (aligned to their size) if `pred`, else zeros, as one predicated load through the
+// read-only data path (ld.global.nc: it may move past the kernel's stores, as Y does not alias X).
+// Inline PTX, because the compiler turns `if (pred) load` into a branch around each load.
+template <typename T, int V>
+__device__ __forceinline__ void load_raw_if(const T* src, bool pred, RawVec<T, V>& r) {
+  constexpr int kBytes = RawVec<T, V>::kBytes;
+  const int on = pred ? 1 : 0;
+  if constexpr (kBytes == 2) {
+    unsigned short h;
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %2, 0;\n\tmov.b16 %0, 0;\n\t"
+        "@p ld.global.nc.b16 %0, [%1];\n\t}"
+        : "=h"(h)
+        : "l"(src), "r"(on));
+    r.w[0] = h;
+  } else if constexpr (kBytes == 4) {
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %2, 0;\n\tmov.b32 %0, 0;\n\t"
+        "@p ld.global.nc.b32 %0, [%1];\n\t}"
+        : "=r"(r.w[0])
+        : "l"(src), "r"(on));
+  } else if constexpr (kBytes == 8) {
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %3, 0;\n\tmov.b32 %0, 0;\n\tmov.b32 %1, 0;\n\t"
+        "@p ld.global.nc.v2.b32 {%0, %1}, [%2];\n\t}"
+        : "=r"(r.w[0]), "=r"(r.w[1])
+        : "l"(src), "r"(on));
+  } else {
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %5, 0;\n\tmov.b32 %0, 0;\n\tmov.b32 %1, 0;\n\t"
+        "mov.b32 %2, 0;\n\tmov.b32 %3, 0;\n\t@p ld.global.nc.v4.b32 {%0, %1, %2, %3}, [%4];\n\t}"
+        : "=r"(r.w[0]), "=r"(r.w[1]), "=r"(r.w[2]), "=r"(r.w[3])
+        : "l"(src), "r"(on));
+  }
+}
+
+// The V elements of a RawVec as floats.
+template <typename T, int V>
+__device__ __forceinline__ void widen(const RawVec<T, V>& r, float* dst) {
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    dst[k] = sizeof(T) == 4 ? bits_to_float<T>(r.w[k]) : bits_to_float<T>((r.w[k / 2] >> (16 * (k & 1))) & 0xffffu);
+  }
+}
+
+// Rounds V floats to T and stores them if `pred` (one predicated store; aligned to V elements).
+template <typename T, int V>
+__device__ __forceinline__ void store_if(T* dst, bool pred, const float* src) {
+  constexpr int kBytes = int(sizeof(T)) * V;
+  static_assert(kBytes == 2 || kBytes == 4 || kBytes == 8 || kBytes == 16, "unsupported vector");
+  const int on = pred ? 1 : 0;
+  if constexpr (kBytes == 2) {
+    const unsigned short h = static_cast<unsigned short>(float_to_bits<T>(src[0]));
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %2, 0;\n\t@p st.global.b16 [%0], %1;\n\t}"
+                 :: "l"(dst), "h"(h), "r"(on) : "memory");
+  } else {
+    uint32_t w[kBytes / 4];
+#pragma unroll
+    for (int i = 0; i < kBytes / 4; ++i) {
+      w[i] = sizeof(T) == 4 ? float_to_bits<T>(src[i])
+                            : float_to_bits<T>(src[2 * i]) | (float_to_bits<T>(src[2 * i + 1]) << 16);
+    }
+    if constexpr (kBytes == 4) {
+      asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %2, 0;\n\t@p st.global.b32 [%0], %1;\n\t}"
+                   :: "l"(dst), "r"(w[0]), "r"(on) : "memory");
+    } else if constexpr (kBytes == 8) {
+      asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %3, 0;\n\t@p st.global.v2.b32 [%0], {%1, %2};\n\t}"
+                   :: "l"(dst), "r"(w[0]), "r"(w[1]), "r"(on) : "memory");
+    } else {
+      asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %5, 0;\n\t@p st.global.v4.b32 [%0], {%1, %2, %3, %4};\n\t}"
+                   :: "l"(dst), "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3]), "r"(on) : "memory");
+    }
+  }
+}
+
+// ptr + k·stride elements as one IMAD.WIDE.U32 (stride < 2^32 elements; k a small constant): the
+// compiler would otherwise chain 64-bit adds (two instructions each) from row to row.
+template <typename T>
+__device__ __forceinline__ T* step_ptr(T* ptr, uint32_t stride, int k) {
+  if (k == 0) return ptr;
+  uint64_t out;
+  asm("mad.wide.u32 %0, %1, %2, %3;" : "=l"(out) : "r"(stride), "r"(uint32_t(k * int(sizeof(T)))), "l"(ptr));
+  return reinterpret_cast<T*>(out);
+}
+template <typename T>
+__device__ __forceinline__ T* step_ptr(T* ptr, uint64_t stride, int k) {
+  return ptr + stride * uint64_t(k);
+}
+
+// The V·K² weights of channels c … c + V − 1 (contiguous in W [C, 1, K, K]) as wk[tap][channel]:
+// K² vec-wide loads when W is aligned to them, else one float at a time.
+template <int K, int V>
+__device__ __forceinline__ void load_nhwc_weights(const NhwcParams& p, int c, float (&wk)[K * K][V]) {
+  constexpr int kTaps = K * K;
+  float f[V * kTaps];
+  const float* src = p.w + int64_t(c) * kTaps;
+  if (V > 1 && p.w_vec) {
+#pragma unroll
+    for (int i = 0; i < kTaps; ++i) {
+      if constexpr (V == 4) {
+        const float4 q = __ldg(reinterpret_cast<const float4*>(src) + i);
+        f[4 * i] = q.x;
+        f[4 * i + 1] = q.y;
+        f[4 * i + 2] = q.z;
+        f[4 * i + 3] = q.w;
+      } else if constexpr (V == 2) {
+        const float2 q = __ldg(reinterpret_cast<const float2*>(src) + i);
+        f[2 * i] = q.x;
+        f[2 * i + 1] = q.y;
+      }
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < V * kTaps; ++i) f[i] = __ldg(src + i);
+  }
+#pragma unroll
+  for (int t = 0; t < kTaps; ++t) {
+#pragma unroll
+    for (int v = 0; v < V; ++v) wk[t][v] = f[v * kTaps + t];
+  }
+}
+
+// Every strip of this thread's channel vector (normally one): output rows y0 … y0 + nhwc_rows(K, ·) − 1
+// (those inside the image), columns xs … xs + seg_w − 1 (idem) of image n, channels c … c + V − 1.
+// The strip's input window (K − 1 more rows and columns) is read column by column, one column ahead
+// of its use: each vector once (predicated loads: zeros outside the image), widened to FP32 with the
+// input bias added inside the image, and added into the K output columns that use it. The sums of
+// output column o live in slot o mod K, window column w in buffer w mod U (the loop is unrolled
+// U = K times, 2 for K = 1, so slots and buffers are registers);
+// column o is finished (activation, rounding, store) after window column o + K − 1. Output (i, o)
+// gets tap (kr, kc) from window row i + kr of column o + kc: the taps are summed column by column
+// from B (kc outer, kr inner; the first one is fmaf(w, x, B)). Strides are `Stride`: uint32_t (one
+// IMAD.WIDE an address) unless an image row has 2^32 elements or more (uint64_t).
+template <typename T, int K, int V, int Act, typename Stride>
+__device__ __forceinline__ void nhwc_strips(const NhwcParams& p) {
+  constexpr int R = K / 2;
+  constexpr int TH = nhwc_rows(K, int(sizeof(T)));
+  constexpr int IH = TH + K - 1;  // window rows
+  const int cv = int(blockIdx.x % unsigned(p.slices)) * int(blockDim.x) + int(threadIdx.x);
+  const int c = cv * V;
+  if (c >= p.channels) return;  // the last slice's spare lanes (no barrier in this kernel)
+
+  float wk[K * K][V];
+  load_nhwc_weights<K, V>(p, c, wk);
+  float bias[V];
+  float ib[V];
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    bias[v] = __ldg(p.b + c + v);
+    ib[v] = p.input_bias != nullptr ? __ldg(p.input_bias + c + v) : 0.0f;
+  }
+  const Stride C = Stride(p.channels);
+  const Stride row_len = Stride(p.row_len);
+
+  const int64_t step = int64_t(gridDim.x / unsigned(p.slices));
+  for (int64_t ub = int64_t(blockIdx.x / unsigned(p.slices)); ub < p.ublocks; ub += step) {
+    const int64_t unit = ub * int64_t(blockDim.y) + int64_t(threadIdx.y);
+    if (unit >= p.units) break;  // later groups only go further
+    int64_t n;
+    int band, seg;
+    if (p.small) {
+      const int u = int(unit);
+      const int ns = p.by_bands.div(u);  // n · segs + seg
+      band = u - ns * p.bands;
+      const int ni = p.by_segs.div(ns);
+      seg = ns - ni * p.segs;
+      n = ni;
+    } else {
+      const int64_t ns = unit / p.bands;
+      band = int(unit - ns * p.bands);
+      n = ns / p.segs;
+      seg = int(ns - n * p.segs);
+    }
+    const int y0 = band * TH;
+    const int xs = seg * p.seg_w;
+    const int rows = imin(TH, p.height - y0);                 // output rows inside the image
+    const int ncols = imin(p.seg_w, p.width - xs) + (K - 1);  // window columns
+    // Window row r is image row y0 − R + r, window column w image column xs − R + w.
+    bool row_ok[IH];
+    float row_in[IH];  // 1 inside the image, 0 in the padding rows
+#pragma unroll
+    for (int r = 0; r < IH; ++r) {
+      row_ok[r] = unsigned(y0 - R + r) < unsigned(p.height);
+      row_in[r] = row_ok[r] ? 1.0f : 0.0f;
+    }
+    // Window column w (row 0) and output column w − (K − 1) (row 0): may point before X and Y.
+    const T* col = static_cast<const T*>(p.x) + ((n * p.height + (y0 - R)) * p.width + (xs - R)) * p.channels + c;
+    T* out = static_cast<T*>(p.y) + ((n * p.height + y0) * p.width + xs - (K - 1)) * p.channels + c;
+
+    float acc[K][TH][V];  // slot s: output columns ≡ s mod K
+    // Window column w is in win[w mod U]: the loop is unrolled U times (a multiple of K, and ≥ 2 so
+    // that column w + 1 loads into another buffer), so buffers, like slots, are registers, no copies.
+    constexpr int U = K == 1 ? 2 : K;
+    RawVec<T, V> win[U][IH];
+    bool cur_ok = unsigned(xs - R) < unsigned(p.width);
+#pragma unroll
+    for (int r = 0; r < IH; ++r) load_raw_if<T, V>(step_ptr(col, row_len, r), row_ok[r] && cur_ok, win[0][r]);
+    int w = 0;
+    for (;;) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {  // w ≡ u mod U
+        const RawVec<T, V>(&cur)[IH] = win[u];
+        // Window column w + 1 in flight while column w is used.
+        const T* next = step_ptr(col, C, 1);
+        const bool next_ok = w + 1 < ncols && unsigned(xs - R + w + 1) < unsigned(p.width);
+#pragma unroll
+        for (int r = 0; r < IH; ++r) {
+          load_raw_if<T, V>(step_ptr(next, row_len, r), row_ok[r] && next_ok, win[(u + 1) % U][r]);
+        }
+        // x + InputBias inside the image, zeros (loaded as such) in the padding: one FMA an element.
+        float ibc[V];
+#pragma unroll
+        for (int v = 0; v < V; ++v) ibc[v] = cur_ok ? ib[v] : 0.0f;
+#pragma unroll
+        for (int r = 0; r < IH; ++r) {
+          float xv[V];
+          widen<T, V>(cur[r], xv);
+#pragma unroll
+          for (int v = 0; v < V; ++v) xv[v] = fmaf(ibc[v], row_in[r], xv[v]);  // no InputBias: + 0
+#pragma unroll
+          for (int kc = 0; kc < K; ++kc) {
+            const int s = (u - kc + U) % K;  // output column w − kc
+#pragma unroll
+            for (int i = 0; i < TH; ++i) {
+              const int kr = r - i;
+              if (kr < 0 || kr >= K) continue;
+#pragma unroll
+              for (int v = 0; v < V; ++v) {
+                acc[s][i][v] = fmaf(wk[kr * K + kc][v], xv[v], kc == 0 && kr == 0 ? bias[v] : acc[s][i][v]);
+              }
+            }
+          }
+        }
+        // Output column w − (K − 1) (slot (u + 1) mod K) has all its window columns.
+        if (w >= K - 1) {
+          const int s = (u + 1) % K;
+#pragma unroll
+          for (int i = 0; i < TH; ++i) {
+            float o[V];
+#pragma unroll
+            for (int v = 0; v < V; ++v) {
+              const float a = acc[s][i][v];
+              o[v] = Act == kSilu ? silu(a) : Act == kGelu ? gelu(a) : a;
+            }
+            store_if<T, V>(step_ptr(out, row_len, i), i < rows, o);
+          }
+        }
+        out = step_ptr(out, C, 1);
+        cur_ok = next_ok;
+        col = next;
+        if (++w >= ncols) break;
+      }
+      if (w >= ncols) break;
+    }
+  }
+}
+
+template <typename T, int K, int V, typename Stride>
+__device__ __forceinline__ void nhwc_strips_act(const NhwcParams& p) {
+  if (p.activation == kSilu) {
+    nhwc_strips<T, K, V, kSilu, Stride>(p);
+  } else if (p.activation == kGelu) {
+    nhwc_strips<T, K, V, kGelu, Stride>(p);
+  } else {
+    nhwc_strips<T, K, V, kNone, Stride>(p);
+  }
+}
+
+template <typename T, int K, int V>
+__device__ __forceinline__ void nhwc_strips_vec(const NhwcParams& p) {
+  if constexpr (V <= nhwc_max_vec(K, int(sizeof(T)))) nhwc_strips_act<T, K, V, uint32_t>(p);
+}
+
+// Block: blockDim.x channel vectors × blockDim.y consecutive strips; blockIdx.x = slice + slices ·
+// strip group. The vector width is a uniform switch (one inlined copy of the strip code each), the
+// activation a uniform branch per output column.
+template <typename T, int K>
+__global__ void __launch_bounds__(kNhwcThreads, K <= 5 ? GM_DWCONV_NHWC_MIN_BLOCKS : 1)
+    depthwise_conv_nhwc_kernel(NhwcParams p) {
+  static_assert(K % 2 == 1 && K >= 1 && K <= kMaxKernel, "bad instantiation");
+  if (p.wide) {
+    nhwc_strips_act<T, K, 1, uint64_t>(p);  // image rows of 2^32 elements or more: 64-bit strides, V = 1
+    return;
+  }
+  switch (p.vec) {
+    case 4: nhwc_strips_vec<T, K, 4>(p); break;
+    case 2: nhwc_strips_vec<T, K, 2>(p); break;
+    default: nhwc_strips_vec<T, K, 1>(p); break;
+  }
+}
+
+// ----------------------------------------------------------------------------------------------
 // Host side.
 #ifndef __CUDACC_RTC__
 
@@ -547,6 +953,73 @@ cudaError_t launch_conv_k(int k, const ConvParams& p, int threads, size_t smem, 
   }
 }
 
+// Fills the launch geometry of `p` (its pointers, sizes and activation set) for n images, kernel
+// size k and element size `elem`: the block shape and the grid.
+void plan_nhwc(NhwcParams& p, int64_t n, int k, int elem, dim3* block, int64_t* grid) {
+  // Channels per thread: the widest of 4, 2, 1 (≤ nhwc_max_vec(k), ≤ GM_DWCONV_MAX_VEC_BYTES) that
+  // divides C and to which X and Y are aligned.
+  int most = nhwc_max_vec(k, elem);
+  while (most > 1 && most * elem > GM_DWCONV_MAX_VEC_BYTES) most /= 2;
+  p.vec = 1;
+  for (int v = most; v > 1; v /= 2) {
+    if (p.channels % v == 0 && aligned(p.x, v * elem) && aligned(p.y, v * elem)) {
+      p.vec = v;
+      break;
+    }
+  }
+  // Image rows of 2^32 elements or more: 64-bit strides, one channel per thread (a rare, slow path).
+  p.wide = p.row_len >= (int64_t(1) << 32) ? 1 : 0;
+  if (p.wide) p.vec = 1;
+  p.w_vec = aligned(p.w, 4 * p.vec) ? 1 : 0;
+
+  // Slices of at most kNhwcLanes channel vectors, as even as they go (C = 348 in 2s: 174 vectors,
+  // 6 slices of 29, no idle lane); blockDim.y strips per block.
+  const int64_t vecs = p.channels / p.vec;
+  const int64_t slices = ceil_div(vecs, kNhwcLanes);
+  const int64_t lanes = ceil_div(vecs, slices);
+  const int64_t strips_per_block = kNhwcThreads / lanes;
+  p.slices = int(slices);
+  *block = dim3(unsigned(lanes), unsigned(strips_per_block), 1);
+
+  // Strips: nhwc_rows(k, elem) rows × a whole image row, cut into segments while the launch has fewer than
+  // GM_DWCONV_NHWC_TARGET_THREADS threads (segments of at least 8 columns).
+  p.bands = int(ceil_div(p.height, nhwc_rows(k, elem)));
+  const int64_t threads = n * p.bands * vecs;  // ≤ N·H·C: no overflow
+  int64_t segs = ceil_div(GM_DWCONV_NHWC_TARGET_THREADS, threads);
+  const int64_t most_segs = ceil_div(p.width, 8);
+  if (segs > most_segs) segs = most_segs;
+  if (segs < 1) segs = 1;
+  p.seg_w = int(ceil_div(p.width, segs));
+  p.segs = int(ceil_div(p.width, p.seg_w));
+  p.units = n * p.segs * p.bands;  // ≤ N·H·W: no overflow
+  p.ublocks = ceil_div(p.units, strips_per_block);
+  p.small = p.units < (int64_t(1) << 31) ? 1 : 0;
+  p.by_bands = make_fast_div(uint32_t(p.bands));
+  p.by_segs = make_fast_div(uint32_t(p.segs));
+  // The grid is a whole number of slices (every block keeps its slice in the grid-stride loop).
+  int64_t groups = GM_DWCONV_MAX_GRID / slices;
+  if (groups < 1) groups = 1;
+  if (groups > p.ublocks) groups = p.ublocks;
+  *grid = slices * groups;  // ≤ max(2^25, GM_DWCONV_MAX_GRID)
+}
+
+template <typename T, int K>
+cudaError_t launch_nhwc(const NhwcParams& p, dim3 block, int64_t grid, cudaStream_t stream) {
+  depthwise_conv_nhwc_kernel<T, K><<<unsigned(grid), block, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_nhwc_k(int k, const NhwcParams& p, dim3 block, int64_t grid, cudaStream_t stream) {
+  switch (k) {
+    case 1: return launch_nhwc<T, 1>(p, block, grid, stream);
+    case 3: return launch_nhwc<T, 3>(p, block, grid, stream);
+    case 5: return launch_nhwc<T, 5>(p, block, grid, stream);
+    case 7: return launch_nhwc<T, 7>(p, block, grid, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
 #endif  // __CUDACC_RTC__
 }  // namespace
 
@@ -557,22 +1030,46 @@ extern "C" {
 // Element types of X and Y (the same codes as gm_selective_scan_cuda).
 enum GmConvDtype { GM_CONV_F32 = 0, GM_CONV_F16 = 1, GM_CONV_BF16 = 2 };
 
-// Launches DepthwiseConv on `stream`: X and Y are n × c × h × w_ row-major device arrays of the
-// type `dtype`, W c × k × k FP32 values (k odd, 1 … 7), B c FP32 values, InputBias (null: none) c
-// FP32 values; `activation` 0 none, 1 SiLU, 2 GELU. Returns a cudaError_t (0 = success); invalid
-// arguments (also c, h or w_ above 2^30) give cudaErrorInvalidValue. Y must not alias an input. An
-// empty X (n, c, h or w_ = 0) launches nothing.
+// Launches DepthwiseConv on `stream`: X and Y are n × c × h × w_ (channels_last = 0) or n × h × w_ × c
+// (channels_last = 1) row-major device arrays of the type `dtype`, W c × k × k FP32 values (k odd,
+// 1 … 7), B c FP32 values, InputBias (null: none) c FP32 values; `activation` 0 none, 1 SiLU,
+// 2 GELU. Returns a cudaError_t (0 = success); invalid arguments (also channels_last other than 0
+// or 1, c, h or w_ above 2^30) give cudaErrorInvalidValue. Y must not alias an input. An empty X
+// (n, c, h or w_ = 0) launches nothing.
 int gm_depthwise_conv_cuda(int dtype, const void* x, const float* w, const float* b, const float* input_bias,
                            void* y, int64_t n, int64_t c, int64_t h, int64_t w_, int64_t k, int activation,
-                           cudaStream_t stream) {
+                           int channels_last, cudaStream_t stream) {
   if (dtype != GM_CONV_F32 && dtype != GM_CONV_F16 && dtype != GM_CONV_BF16) return cudaErrorInvalidValue;
   if (n < 0 || c < 0 || h < 0 || w_ < 0) return cudaErrorInvalidValue;
   if (k < 1 || k > kMaxKernel || k % 2 == 0) return cudaErrorInvalidValue;
   if (activation != kNone && activation != kSilu && activation != kGelu) return cudaErrorInvalidValue;
+  if (channels_last != 0 && channels_last != 1) return cudaErrorInvalidValue;
   if (n == 0 || c == 0 || h == 0 || w_ == 0) return cudaSuccess;
   if (h > kMaxSide || w_ > kMaxSide || c > kMaxSide) return cudaErrorInvalidValue;
   if (n > INT64_MAX / c || h > INT64_MAX / w_ || n * c > INT64_MAX / (h * w_)) return cudaErrorInvalidValue;
   if (x == nullptr || w == nullptr || b == nullptr || y == nullptr) return cudaErrorInvalidValue;
+
+  if (channels_last == 1) {
+    NhwcParams q{};
+    q.x = x;
+    q.w = w;
+    q.b = b;
+    q.input_bias = input_bias;
+    q.y = y;
+    q.row_len = w_ * c;
+    q.height = int(h);
+    q.width = int(w_);
+    q.channels = int(c);
+    q.activation = activation;
+    dim3 block;
+    int64_t grid = 0;
+    plan_nhwc(q, n, int(k), dtype == GM_CONV_F32 ? 4 : 2, &block, &grid);
+    switch (dtype) {
+      case GM_CONV_F32: return int(launch_nhwc_k<float>(int(k), q, block, grid, stream));
+      case GM_CONV_F16: return int(launch_nhwc_k<__half>(int(k), q, block, grid, stream));
+      default: return int(launch_nhwc_k<__nv_bfloat16>(int(k), q, block, grid, stream));
+    }
+  }
 
   ConvParams p{};
   p.x = x;

@@ -243,6 +243,7 @@ extern "C" {
         w_: i64,
         k: i64,
         activation: i32,
+        channels_last: i32,
         stream: *mut c_void,
     ) -> i32;
 }
@@ -251,7 +252,8 @@ extern "C" {
 /// coordinates in 32-bit integers).
 pub const MAX_CONV_DIM: usize = 1 << 30;
 
-/// Enqueues `DepthwiseConv` on `stream` (a `cudaStream_t`; null = the default stream). An empty
+/// Enqueues `DepthwiseConv` on `stream` (a `cudaStream_t`; null = the default stream), `X` and
+/// `Y` in `shape.layout` (`attrs.layout` is not read: the shape was made from it). An empty
 /// `shape` (N, C, H or W = 0) enqueues nothing.
 ///
 /// `shape` is checked again here (its fields are public, and the kernel unrolls the taps, so K odd
@@ -295,6 +297,7 @@ pub unsafe fn launch_depthwise_conv(
         shape.width as i64,
         shape.kernel as i64,
         attrs.activation.as_code(),
+        shape.layout.as_attribute() as i32,
         stream,
     );
     if rc == 0 {
@@ -536,6 +539,7 @@ mod tests {
             height,
             width,
             kernel,
+            layout: crate::dwconv::Layout::ChannelsFirst,
         }
     }
 

@@ -11,6 +11,11 @@
 //! y = act(acc), act ∈ {identity, SiLU, exact (erf) GELU}
 //! ```
 //!
+//! `X` and `Y` are `[N, C, H, W]`, or `[N, H, W, C]` with `channels_last` = 1 ([`Layout`]): the
+//! FFN's hidden activations are tokens `[N, L, C]` on both sides of the conv, which in that layout
+//! need no transposes, and on GPUs a channels-last kernel loads and stores whole vectors of
+//! channels.
+//!
 //! Why an op of our own: GroupMamba runs a depthwise conv + bias + SiLU in every Mamba layer and
 //! `Linear` bias + depthwise conv + bias + GELU in every FFN; on ONNX Runtime's CUDA EP, cuDNN's
 //! depthwise conv, its separate bias-add kernel and the activation are three passes over the
@@ -28,6 +33,9 @@ pub const DWCONV_OP_TYPE: &str = "DepthwiseConv";
 /// `string` attribute: the activation applied to the biased convolution, one of
 /// [`Activation::ALL`]'s names (default `"none"`).
 pub const ATTR_ACTIVATION: &str = "activation";
+/// `int` attribute: 1 when `X` and `Y` are channels-last `[N, H, W, C]`, 0 (default) for
+/// `[N, C, H, W]`.
+pub const ATTR_CHANNELS_LAST: &str = "channels_last";
 /// Largest kernel size K the adapters accept (GroupMamba uses 3; the CUDA kernel keeps the
 /// K×K taps and a (tile + K − 1)² halo in fast memory, so K is bounded).
 pub const MAX_KERNEL: usize = 7;
@@ -35,7 +43,7 @@ pub const MAX_KERNEL: usize = 7;
 /// The four inputs of the operator, in node-input order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConvInput {
-    /// `X` `[N, C, H, W]`, type T.
+    /// `X` `[N, C, H, W]` (or `[N, H, W, C]`, [`Layout::ChannelsLast`]), type T.
     X,
     /// `W` `[C, 1, K, K]`, float32 (the PyTorch `Conv2d(groups=C)` weight layout).
     W,
@@ -142,20 +150,77 @@ impl fmt::Display for Activation {
     }
 }
 
+/// Memory order of `X` and `Y` (attribute [`ATTR_CHANNELS_LAST`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Layout {
+    /// `[N, C, H, W]`: each channel's plane contiguous (`channels_last` = 0, the default).
+    #[default]
+    ChannelsFirst,
+    /// `[N, H, W, C]`: each pixel's channels contiguous (`channels_last` = 1), as tokens
+    /// `[N, L, C]` reshaped.
+    ChannelsLast,
+}
+
+impl Layout {
+    /// Parses the attribute value: 0 or 1 (absent: 0).
+    pub fn from_attribute(value: i64) -> Result<Layout, ConvError> {
+        match value {
+            0 => Ok(Layout::ChannelsFirst),
+            1 => Ok(Layout::ChannelsLast),
+            _ => Err(ConvError::BadChannelsLast(value)),
+        }
+    }
+
+    /// The attribute value: 0 channels-first, 1 channels-last (also the CUDA kernel's flag).
+    pub fn as_attribute(self) -> i64 {
+        match self {
+            Layout::ChannelsFirst => 0,
+            Layout::ChannelsLast => 1,
+        }
+    }
+
+    /// The axis of `X` that holds the channels.
+    pub fn channel_axis(self) -> usize {
+        match self {
+            Layout::ChannelsFirst => 1,
+            Layout::ChannelsLast => 3,
+        }
+    }
+
+    /// `X`'s dimensions in this layout, for messages.
+    pub fn dims(self) -> &'static str {
+        match self {
+            Layout::ChannelsFirst => "[N, C, H, W]",
+            Layout::ChannelsLast => "[N, H, W, C]",
+        }
+    }
+
+    /// `[N, C, H, W]` read from `X`'s shape in this layout (rank 4).
+    fn nchw(self, x: [usize; 4]) -> [usize; 4] {
+        match self {
+            Layout::ChannelsFirst => x,
+            Layout::ChannelsLast => [x[0], x[3], x[1], x[2]],
+        }
+    }
+}
+
 /// The node's attributes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ConvAttributes {
     pub activation: Activation,
+    pub layout: Layout,
 }
 
 impl ConvAttributes {
-    /// Checks raw attribute values (an absent `activation` is `"none"`).
-    pub fn new(activation: Option<&str>) -> Result<Self, ConvError> {
+    /// Checks raw attribute values (an absent `activation` is `"none"`, an absent
+    /// `channels_last` 0).
+    pub fn new(activation: Option<&str>, channels_last: Option<i64>) -> Result<Self, ConvError> {
         let activation = match activation {
             None => Activation::None,
             Some(name) => Activation::from_name(name)?,
         };
-        Ok(Self { activation })
+        let layout = channels_last.map_or(Ok(Layout::ChannelsFirst), Layout::from_attribute)?;
+        Ok(Self { activation, layout })
     }
 }
 
@@ -164,8 +229,10 @@ impl ConvAttributes {
 pub enum ConvError {
     #[error("attribute `activation` = {0:?}: must be \"none\", \"silu\" or \"gelu\"")]
     BadActivation(String),
-    #[error("input `X` has shape {0:?}: needs rank 4 [N, C, H, W]")]
-    Rank(Vec<usize>),
+    #[error("attribute `channels_last` = {0}: must be 0 ([N, C, H, W]) or 1 ([N, H, W, C])")]
+    BadChannelsLast(i64),
+    #[error("input `X` has shape {0:?}: needs rank 4 {dims}", dims = .1.dims())]
+    Rank(Vec<usize>, Layout),
     #[error(
         "input `W` has shape {found:?}, expected [C, 1, K, K] with C = {channels} (from X \
          {x_shape:?})"
@@ -204,6 +271,10 @@ pub enum ConvError {
     OutputLength { expected: usize, found: usize },
     #[error("planes {planes:?} asked for, but X has N·C = {total} planes")]
     PlaneRange { planes: Range<usize>, total: usize },
+    #[error("a range of planes asked for of a channels-last call: planes are channels-first")]
+    PlanesOfChannelsLast,
+    #[error("the thread pool running the planes failed: {0}")]
+    ThreadPool(String),
     #[error("input `{input}` has element type {found}, this implementation accepts {accepted}")]
     UnsupportedType {
         input: ConvInput,
@@ -213,7 +284,7 @@ pub enum ConvError {
 }
 
 /// A call's geometry: `batch` × `channels` planes of `height` × `width`, a `kernel` × `kernel`
-/// filter per channel.
+/// filter per channel, `X` and `Y` in `layout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvShape {
     pub batch: usize,
@@ -221,19 +292,23 @@ pub struct ConvShape {
     pub height: usize,
     pub width: usize,
     pub kernel: usize,
+    pub layout: Layout,
 }
 
 impl ConvShape {
-    /// Checks the shapes of `X`, `W`, `B` and the optional `InputBias` against each other.
+    /// Checks the shapes of `X` (in `layout`), `W`, `B` and the optional `InputBias` against
+    /// each other.
     pub fn from_input_shapes(
         x: &[usize],
         w: &[usize],
         b: &[usize],
         input_bias: Option<&[usize]>,
+        layout: Layout,
     ) -> Result<Self, ConvError> {
-        let &[batch, channels, height, width] = x else {
-            return Err(ConvError::Rank(x.to_vec()));
+        let Ok(&dims) = <&[usize; 4]>::try_from(x) else {
+            return Err(ConvError::Rank(x.to_vec(), layout));
         };
+        let [batch, channels, height, width] = layout.nchw(dims);
         let kernel = match *w {
             [c, 1, k, k2] if c == channels && k == k2 => k,
             _ => {
@@ -266,7 +341,16 @@ impl ConvShape {
             height,
             width,
             kernel,
+            layout,
         })
+    }
+
+    /// The same call with `X` and `Y` channels-first.
+    pub fn channels_first(&self) -> ConvShape {
+        ConvShape {
+            layout: Layout::ChannelsFirst,
+            ..*self
+        }
     }
 
     /// Padding on each side, `K / 2`.
@@ -359,18 +443,78 @@ pub fn gelu(v: f32) -> f32 {
     (0.5 * v * erfc_f64(-v * std::f64::consts::FRAC_1_SQRT_2)) as f32
 }
 
-/// The reference kernel: writes `Y` (float32) for `inputs` of `shape`.
+/// The reference kernel: writes `Y` (float32) for `inputs` of `shape` (either layout).
 pub fn depthwise_conv(
     shape: &ConvShape,
     attrs: &ConvAttributes,
     inputs: ConvInputs<'_>,
     y: &mut [f32],
 ) -> Result<(), ConvError> {
-    depthwise_conv_planes(shape, attrs, inputs, 0..shape.planes(), y)
+    in_channels_first(shape, inputs, y, |shape, inputs, y| {
+        depthwise_conv_planes(shape, attrs, inputs, 0..shape.planes(), y)
+    })
 }
 
-/// The reference kernel on the `(n, c)` planes `planes` (flat index `n · C + c`) only: `inputs`
-/// are whole, `y` holds just those planes. Lets an adapter split a call over threads.
+/// Runs `conv`, which writes a channels-first `Y` for a channels-first call, on a call of
+/// either layout: a channels-last `X` is transposed into a channels-first copy, and `conv`'s
+/// result transposed back into `y`. The CPU kernels work plane by plane (a plane's taps are
+/// neighbours in memory); on CPUs, where channels-last exports are not the fast path, the two
+/// copies are the simple price of one implementation of the math.
+pub fn in_channels_first(
+    shape: &ConvShape,
+    inputs: ConvInputs<'_>,
+    y: &mut [f32],
+    conv: impl FnOnce(&ConvShape, ConvInputs<'_>, &mut [f32]) -> Result<(), ConvError>,
+) -> Result<(), ConvError> {
+    if shape.layout == Layout::ChannelsFirst {
+        return conv(shape, inputs, y);
+    }
+    if inputs.x.len() != shape.len() {
+        return Err(ConvError::Length {
+            input: ConvInput::X,
+            expected: shape.len(),
+            found: inputs.x.len(),
+        });
+    }
+    if y.len() != shape.len() {
+        return Err(ConvError::OutputLength {
+            expected: shape.len(),
+            found: y.len(),
+        });
+    }
+    let (pixels, channels) = (shape.plane_len(), shape.channels);
+    let x = transpose_images(inputs.x, pixels, channels);
+    let mut y_first = vec![0.0f32; y.len()];
+    conv(
+        &shape.channels_first(),
+        ConvInputs { x: &x, ..inputs },
+        &mut y_first,
+    )?;
+    let transposed = transpose_images(&y_first, channels, pixels);
+    y.copy_from_slice(&transposed);
+    Ok(())
+}
+
+/// Each image of `data`, a `rows` × `cols` row-major matrix, transposed.
+fn transpose_images(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; data.len()];
+    let image = rows * cols;
+    if image == 0 {
+        return out;
+    }
+    for (src, dst) in data.chunks_exact(image).zip(out.chunks_exact_mut(image)) {
+        for (r, row) in src.chunks_exact(cols).enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                dst[c * rows + r] = v;
+            }
+        }
+    }
+    out
+}
+
+/// The reference kernel on the `(n, c)` planes `planes` (flat index `n · C + c`) of a
+/// channels-first call only: `inputs` are whole, `y` holds just those planes. Lets an adapter
+/// split a call over threads (inside [`in_channels_first`] for a channels-last one).
 pub fn depthwise_conv_planes(
     shape: &ConvShape,
     attrs: &ConvAttributes,
@@ -379,6 +523,9 @@ pub fn depthwise_conv_planes(
     y: &mut [f32],
 ) -> Result<(), ConvError> {
     check_kernel(shape.kernel)?;
+    if shape.layout != Layout::ChannelsFirst {
+        return Err(ConvError::PlanesOfChannelsLast);
+    }
     let check = |input: ConvInput, expected: usize, found: usize| {
         (expected != found).then_some(ConvError::Length {
             input,
@@ -523,7 +670,10 @@ mod tests {
 
     fn run(shape: &ConvShape, act: Activation, inputs: ConvInputs<'_>) -> Vec<f32> {
         let mut y = vec![f32::NAN; shape.len()];
-        let attrs = ConvAttributes { activation: act };
+        let attrs = ConvAttributes {
+            activation: act,
+            ..ConvAttributes::default()
+        };
         depthwise_conv(shape, &attrs, inputs, &mut y).unwrap();
         y
     }
@@ -531,7 +681,14 @@ mod tests {
     #[test]
     fn hand_computed_3x3_with_zero_padding_at_the_edges() {
         // One 3×3 plane 1..9, the kernel [[0,1,0],[1,1,1],[0,1,0]] (a "plus"), bias 10.
-        let shape = ConvShape::from_input_shapes(&[1, 1, 3, 3], &[1, 1, 3, 3], &[1], None).unwrap();
+        let shape = ConvShape::from_input_shapes(
+            &[1, 1, 3, 3],
+            &[1, 1, 3, 3],
+            &[1],
+            None,
+            Layout::ChannelsFirst,
+        )
+        .unwrap();
         let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
         let w = [0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0];
         let inputs = ConvInputs {
@@ -550,7 +707,14 @@ mod tests {
     fn asymmetric_kernel_pins_the_tap_orientation() {
         // A single tap at (i, j) = (0, 2) reads x[h − 1, w + 1] (cross-correlation, as ONNX
         // Conv and PyTorch), so the output is the input shifted down and left.
-        let shape = ConvShape::from_input_shapes(&[1, 1, 3, 3], &[1, 1, 3, 3], &[1], None).unwrap();
+        let shape = ConvShape::from_input_shapes(
+            &[1, 1, 3, 3],
+            &[1, 1, 3, 3],
+            &[1],
+            None,
+            Layout::ChannelsFirst,
+        )
+        .unwrap();
         let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
         let mut w = [0.0; 9];
         w[2] = 1.0;
@@ -569,9 +733,14 @@ mod tests {
         for k in [1, 3, 5, 7] {
             // Images narrower than the kernel too: every tap of a row may fall outside.
             for (h, w) in [(5, 7), (1, 1), (2, 3), (9, 4)] {
-                let shape =
-                    ConvShape::from_input_shapes(&[2, 3, h, w], &[3, 1, k, k], &[3], Some(&[3]))
-                        .unwrap();
+                let shape = ConvShape::from_input_shapes(
+                    &[2, 3, h, w],
+                    &[3, 1, k, k],
+                    &[3],
+                    Some(&[3]),
+                    Layout::ChannelsFirst,
+                )
+                .unwrap();
                 let x = values(shape.len(), 0.3);
                 let wt = values(shape.weight_len(), 1.1);
                 let inputs = ConvInputs {
@@ -592,9 +761,159 @@ mod tests {
     }
 
     #[test]
+    fn channels_last_is_the_same_convolution_on_transposed_images() {
+        for k in [1, 3, 5] {
+            for (n, c, h, w) in [(2, 3, 5, 7), (1, 1, 1, 1), (1, 4, 2, 3), (3, 2, 9, 4)] {
+                let first = ConvShape::from_input_shapes(
+                    &[n, c, h, w],
+                    &[c, 1, k, k],
+                    &[c],
+                    Some(&[c]),
+                    Layout::ChannelsFirst,
+                )
+                .unwrap();
+                let last = ConvShape::from_input_shapes(
+                    &[n, h, w, c],
+                    &[c, 1, k, k],
+                    &[c],
+                    Some(&[c]),
+                    Layout::ChannelsLast,
+                )
+                .unwrap();
+                assert_eq!(
+                    last,
+                    ConvShape {
+                        layout: Layout::ChannelsLast,
+                        ..first
+                    }
+                );
+                let x_first = values(first.len(), 0.4);
+                // The same values at [n, h, w, c] that x_first holds at [n, c, h, w].
+                let at_last = |v: &[f32]| {
+                    let mut out = vec![0.0; v.len()];
+                    for (i, &value) in v.iter().enumerate() {
+                        let (b, ch, pix) = (i / (c * h * w), i / (h * w) % c, i % (h * w));
+                        out[(b * h * w + pix) * c + ch] = value;
+                    }
+                    out
+                };
+                let x_last = at_last(&x_first);
+                let wt = values(first.weight_len(), 0.8);
+                let b = values(c, 2.0);
+                let ib = values(c, 3.0);
+                for act in Activation::ALL {
+                    let inputs = |x| ConvInputs {
+                        x,
+                        w: &wt,
+                        b: &b,
+                        input_bias: Some(&ib),
+                    };
+                    let expected = at_last(&naive(&first, act, inputs(&x_first)));
+                    let attrs = ConvAttributes {
+                        activation: act,
+                        layout: Layout::ChannelsLast,
+                    };
+                    let mut y = vec![f32::NAN; last.len()];
+                    depthwise_conv(&last, &attrs, inputs(&x_last), &mut y).unwrap();
+                    assert_eq!(y, expected, "K={k} {n}×{h}×{w}×{c} {act}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn channels_last_names_its_layout_and_refuses_plane_ranges() {
+        let e = ConvShape::from_input_shapes(
+            &[1, 4, 4],
+            &[4, 1, 3, 3],
+            &[4],
+            None,
+            Layout::ChannelsLast,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("needs rank 4 [N, H, W, C]"), "{e}");
+        // C is the last axis: W must have X's last dimension of filters.
+        let e = ConvShape::from_input_shapes(
+            &[1, 4, 5, 6],
+            &[4, 1, 3, 3],
+            &[4],
+            None,
+            Layout::ChannelsLast,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("with C = 6"), "{e}");
+        let shape = ConvShape::from_input_shapes(
+            &[1, 2, 2, 3],
+            &[3, 1, 1, 1],
+            &[3],
+            None,
+            Layout::ChannelsLast,
+        )
+        .unwrap();
+        assert_eq!((shape.channels, shape.height, shape.width), (3, 2, 2));
+        let inputs = ConvInputs {
+            x: &[0.0; 12],
+            w: &[1.0; 3],
+            b: &[0.0; 3],
+            input_bias: None,
+        };
+        let attrs = ConvAttributes {
+            layout: Layout::ChannelsLast,
+            ..ConvAttributes::default()
+        };
+        let e = depthwise_conv_planes(&shape, &attrs, inputs, 0..1, &mut [0.0; 4]).unwrap_err();
+        assert_eq!(e, ConvError::PlanesOfChannelsLast);
+        let e = depthwise_conv(&shape, &attrs, inputs, &mut [0.0; 11]).unwrap_err();
+        assert!(
+            e.to_string().contains("holds 11 values, expected 12"),
+            "{e}"
+        );
+        let e = depthwise_conv(
+            &shape,
+            &attrs,
+            ConvInputs {
+                x: &[0.0; 5],
+                ..inputs
+            },
+            &mut [0.0; 12],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("input `X` holds 5 values, expected 12"),
+            "{e}"
+        );
+
+        assert_eq!(
+            ConvAttributes::new(None, Some(1)).unwrap().layout,
+            Layout::ChannelsLast
+        );
+        assert_eq!(
+            ConvAttributes::new(None, None).unwrap().layout,
+            Layout::ChannelsFirst
+        );
+        let e = ConvAttributes::new(None, Some(2)).unwrap_err().to_string();
+        assert!(
+            e.contains("attribute `channels_last` = 2: must be 0"),
+            "{e}"
+        );
+        for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+            assert_eq!(Layout::from_attribute(layout.as_attribute()), Ok(layout));
+        }
+    }
+
+    #[test]
     fn input_bias_is_an_add_inside_the_image_only() {
-        let shape =
-            ConvShape::from_input_shapes(&[1, 2, 4, 5], &[2, 1, 3, 3], &[2], Some(&[2])).unwrap();
+        let shape = ConvShape::from_input_shapes(
+            &[1, 2, 4, 5],
+            &[2, 1, 3, 3],
+            &[2],
+            Some(&[2]),
+            Layout::ChannelsFirst,
+        )
+        .unwrap();
         let x = values(shape.len(), 0.0);
         let w = values(shape.weight_len(), 2.0);
         let b = [0.25, -0.5];
@@ -653,7 +972,14 @@ mod tests {
 
     #[test]
     fn activations_are_identity_silu_and_exact_gelu() {
-        let shape = ConvShape::from_input_shapes(&[1, 1, 1, 1], &[1, 1, 1, 1], &[1], None).unwrap();
+        let shape = ConvShape::from_input_shapes(
+            &[1, 1, 1, 1],
+            &[1, 1, 1, 1],
+            &[1],
+            None,
+            Layout::ChannelsFirst,
+        )
+        .unwrap();
         for v in [-3.0f32, -0.5, 0.0, 0.75, 2.0] {
             let y = |act| {
                 run(
@@ -721,7 +1047,14 @@ mod tests {
 
     #[test]
     fn a_range_of_planes_matches_the_whole_call() {
-        let shape = ConvShape::from_input_shapes(&[2, 3, 4, 4], &[3, 1, 5, 5], &[3], None).unwrap();
+        let shape = ConvShape::from_input_shapes(
+            &[2, 3, 4, 4],
+            &[3, 1, 5, 5],
+            &[3],
+            None,
+            Layout::ChannelsFirst,
+        )
+        .unwrap();
         let x = values(shape.len(), 0.9);
         let w = values(shape.weight_len(), 0.2);
         let inputs = ConvInputs {
@@ -733,6 +1066,7 @@ mod tests {
         let whole = run(&shape, Activation::Gelu, inputs);
         let attrs = ConvAttributes {
             activation: Activation::Gelu,
+            ..ConvAttributes::default()
         };
         let plane = shape.plane_len();
         let mut part = vec![0.0; 3 * plane];
@@ -753,7 +1087,7 @@ mod tests {
     #[test]
     fn rejects_bad_shapes_and_attributes_naming_them() {
         let err = |x: &[usize], w: &[usize], b: &[usize], ib: Option<&[usize]>| {
-            ConvShape::from_input_shapes(x, w, b, ib)
+            ConvShape::from_input_shapes(x, w, b, ib, Layout::ChannelsFirst)
                 .unwrap_err()
                 .to_string()
         };
@@ -790,21 +1124,32 @@ mod tests {
             "{e}"
         );
 
-        let e = ConvAttributes::new(Some("relu")).unwrap_err().to_string();
+        let e = ConvAttributes::new(Some("relu"), None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("attribute `activation` = \"relu\""), "{e}");
-        assert!(ConvAttributes::new(Some("GELU")).is_err());
+        assert!(ConvAttributes::new(Some("GELU"), None).is_err());
         assert_eq!(
-            ConvAttributes::new(None).unwrap(),
+            ConvAttributes::new(None, None).unwrap(),
             ConvAttributes::default()
         );
         for act in Activation::ALL {
             assert_eq!(
-                ConvAttributes::new(Some(act.name())).unwrap().activation,
+                ConvAttributes::new(Some(act.name()), Some(0))
+                    .unwrap()
+                    .activation,
                 act
             );
         }
 
-        let shape = ConvShape::from_input_shapes(&[1, 1, 2, 2], &[1, 1, 3, 3], &[1], None).unwrap();
+        let shape = ConvShape::from_input_shapes(
+            &[1, 1, 2, 2],
+            &[1, 1, 3, 3],
+            &[1],
+            None,
+            Layout::ChannelsFirst,
+        )
+        .unwrap();
         let inputs = ConvInputs {
             x: &[0.0; 4],
             w: &[0.0; 8],

@@ -73,6 +73,7 @@ impl Kernel for DepthwiseConvCudaKernel {
             inputs
                 .is_present(ConvInput::InputBias.index())
                 .then_some(inputs.shape(ConvInput::InputBias.index())),
+            self.attrs.layout,
         )
         .map_err(|e| fail(node, e))?;
         let out_shape: Vec<i64> = inputs

@@ -14,7 +14,8 @@
 //! shape-inference errors, so the kernel checks the real shapes again, through
 //! [`ConvShape::from_input_shapes`]). Evaluated by [`crate::dwconv::depthwise_conv_planes`] (the
 //! one implementation of the math), split over ONNX Runtime's intra-op thread pool by blocks of
-//! `(n, c)` planes.
+//! `(n, c)` planes; a channels-last node is run on a channels-first copy
+//! ([`crate::dwconv::in_channels_first`]).
 //!
 //! Types: T = float32 only (the CPU kernel is float32; ONNX Runtime refuses a float16 or bfloat16
 //! node at session creation, since the op declares float32 inputs). The CUDA execution provider's
@@ -31,8 +32,8 @@ use ort::operator::{
 use ort::value::{TensorElementType, ValueType};
 
 use crate::dwconv::{
-    check_kernel, depthwise_conv_planes, ConvAttributes, ConvError, ConvInput, ConvInputs,
-    ConvShape, ATTR_ACTIVATION, DWCONV_OP_TYPE,
+    check_kernel, depthwise_conv_planes, in_channels_first, ConvAttributes, ConvError, ConvInput,
+    ConvInputs, ConvShape, Layout, ATTR_ACTIVATION, ATTR_CHANNELS_LAST, DWCONV_OP_TYPE,
 };
 use crate::ort_norm_op::attribute;
 use crate::ort_op::{fail_op, float32_inputs, present_inputs, read_float32_inputs, OrtInput};
@@ -124,7 +125,10 @@ pub(crate) fn parse_node(ctx: &KernelContext<'_>) -> ort::Result<(String, ConvAt
         "a string (\"none\", \"silu\" or \"gelu\")",
     )
     .map_err(|e| fail(&node, e))?;
-    let attrs = ConvAttributes::new(activation.as_deref()).map_err(|e| fail(&node, e))?;
+    let channels_last =
+        attribute::<i64>(ctx, ATTR_CHANNELS_LAST, "an int (0 or 1)").map_err(|e| fail(&node, e))?;
+    let attrs =
+        ConvAttributes::new(activation.as_deref(), channels_last).map_err(|e| fail(&node, e))?;
     Ok((node, attrs))
 }
 
@@ -147,7 +151,13 @@ pub(crate) fn infer_shape(ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
         };
         shapes.push(shape.to_vec());
     }
-    check_known_shapes(&shapes).map_err(|e| fail("", e))?;
+    // A bad value is refused when the kernel is created, naming the node.
+    let layout = ctx
+        .attr::<i64>(ATTR_CHANNELS_LAST)
+        .ok()
+        .and_then(|v| Layout::from_attribute(v).ok())
+        .unwrap_or_default();
+    check_known_shapes(&shapes, layout).map_err(|e| fail("", e))?;
     let x: &ValueType = &inputs[ConvInput::X.index()];
     ctx.set_output(0, x)
 }
@@ -155,7 +165,7 @@ pub(crate) fn infer_shape(ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
 /// Checks the input shapes known at graph-build time (`-1` = unknown dimension; an empty shape
 /// = unknown rank, or a scalar: the kernel tells them apart): `X` of rank 4, `W` `[C, 1, K, K]`
 /// with a valid K, `B`/`InputBias` `[C]`, wherever the dimensions involved are known.
-fn check_known_shapes(shapes: &[Vec<i64>]) -> Result<(), String> {
+fn check_known_shapes(shapes: &[Vec<i64>], layout: Layout) -> Result<(), String> {
     let show = |dims: &[i64]| {
         let parts: Vec<String> = dims
             .iter()
@@ -167,13 +177,14 @@ fn check_known_shapes(shapes: &[Vec<i64>]) -> Result<(), String> {
     let x = &shapes[ConvInput::X.index()];
     if !x.is_empty() && x.len() != 4 {
         return Err(format!(
-            "input `X` has shape {}: needs rank 4 [N, C, H, W]",
-            show(x)
+            "input `X` has shape {}: needs rank 4 {}",
+            show(x),
+            layout.dims()
         ));
     }
     // C from X, else from W or a bias.
     let channels = x
-        .get(1)
+        .get(layout.channel_axis())
         .copied()
         .filter(|&c| c >= 0)
         .or_else(|| {
@@ -255,6 +266,7 @@ impl Kernel for DepthwiseConvKernel {
             &shapes[ConvInput::W.index()],
             &shapes[ConvInput::B.index()],
             shapes.get(ConvInput::InputBias.index()).map(Vec::as_slice),
+            self.attrs.layout,
         )
         .map_err(|e| fail(node, e))?;
         let inputs = ConvInputs {
@@ -275,33 +287,48 @@ impl Kernel for DepthwiseConvKernel {
             return Ok(());
         }
 
-        // Cut Y into the tasks' disjoint slices (tasks are in memory order).
-        let work = tasks(&shape);
-        let mut rest: &mut [f32] = y;
-        let mut slots = Vec::with_capacity(work.len());
-        for planes in &work {
-            let (head, tail) = rest.split_at_mut(planes.len() * shape.plane_len());
-            slots.push(Mutex::new(head));
-            rest = tail;
-        }
-        let error: Mutex<Option<ConvError>> = Mutex::new(None);
         let attrs = &self.attrs;
-        let run = |ix: usize| {
-            let mut slot = slots[ix].lock().unwrap_or_else(|e| e.into_inner());
-            let planes = work[ix].clone();
-            if let Err(e) = depthwise_conv_planes(&shape, attrs, inputs, planes, &mut slot) {
-                *error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
-            }
-        };
-        if work.len() == 1 {
-            run(0);
-        } else {
-            ctx.par_for(work.len(), 0, run)?;
+        let result = in_channels_first(&shape, inputs, y, |shape, inputs, y| {
+            convolve_in_parallel(ctx, shape, attrs, inputs, y)
+        });
+        result.map_err(|e| fail(node, e))
+    }
+}
+
+/// Runs the reference kernel of a channels-first call over ONNX Runtime's thread pool, in
+/// blocks of planes ([`tasks`]).
+fn convolve_in_parallel(
+    ctx: &ComputeContext,
+    shape: &ConvShape,
+    attrs: &ConvAttributes,
+    inputs: ConvInputs<'_>,
+    y: &mut [f32],
+) -> Result<(), ConvError> {
+    // Cut Y into the tasks' disjoint slices (tasks are in memory order).
+    let work = tasks(shape);
+    let mut rest: &mut [f32] = y;
+    let mut slots = Vec::with_capacity(work.len());
+    for planes in &work {
+        let (head, tail) = rest.split_at_mut(planes.len() * shape.plane_len());
+        slots.push(Mutex::new(head));
+        rest = tail;
+    }
+    let error: Mutex<Option<ConvError>> = Mutex::new(None);
+    let run = |ix: usize| {
+        let mut slot = slots[ix].lock().unwrap_or_else(|e| e.into_inner());
+        let planes = work[ix].clone();
+        if let Err(e) = depthwise_conv_planes(shape, attrs, inputs, planes, &mut slot) {
+            *error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
         }
-        match error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            Some(e) => Err(fail(node, e)),
-            None => Ok(()),
-        }
+    };
+    if work.len() <= 1 {
+        work.iter().enumerate().for_each(|(ix, _)| run(ix));
+    } else if let Err(e) = ctx.par_for(work.len(), 0, run) {
+        return Err(ConvError::ThreadPool(e.to_string()));
+    }
+    match error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 
@@ -317,6 +344,7 @@ mod tests {
             height: side,
             width: side,
             kernel,
+            layout: Layout::ChannelsFirst,
         }
     }
 
@@ -345,7 +373,10 @@ mod tests {
             (Activation::Silu, true),
             (Activation::Gelu, true),
         ] {
-            let attrs = ConvAttributes { activation };
+            let attrs = ConvAttributes {
+                activation,
+                ..ConvAttributes::default()
+            };
             let inputs = ConvInputs {
                 x: &x,
                 w: &w,
@@ -371,7 +402,7 @@ mod tests {
     fn known_shapes_are_checked_naming_the_input() {
         let check = |shapes: &[&[i64]]| {
             let shapes: Vec<Vec<i64>> = shapes.iter().map(|s| s.to_vec()).collect();
-            check_known_shapes(&shapes)
+            check_known_shapes(&shapes, Layout::ChannelsFirst)
         };
         // Symbolic batch, optional InputBias absent or present.
         assert!(check(&[&[-1, 96, 56, 56], &[96, 1, 3, 3], &[96]]).is_ok());
@@ -406,5 +437,16 @@ mod tests {
         // C known from W only.
         let e = check(&[&[-1, -1, 56, 56], &[96, 1, 3, 3], &[48]]).unwrap_err();
         assert!(e.contains("expected [C] = [96]"), "{e}");
+
+        // Channels-last: C is X's last axis.
+        let last = |shapes: &[&[i64]]| {
+            let shapes: Vec<Vec<i64>> = shapes.iter().map(|s| s.to_vec()).collect();
+            check_known_shapes(&shapes, Layout::ChannelsLast)
+        };
+        assert!(last(&[&[-1, 56, 56, 96], &[96, 1, 3, 3], &[96], &[96]]).is_ok());
+        let e = last(&[&[-1, 96, 56, 56], &[96, 1, 3, 3], &[96]]).unwrap_err();
+        assert!(e.contains("with C = 56"), "{e}");
+        let e = last(&[&[56, 56, 96], &[96, 1, 3, 3], &[96]]).unwrap_err();
+        assert!(e.contains("needs rank 4 [N, H, W, C]"), "{e}");
     }
 }

@@ -4,12 +4,12 @@
 //! [`crate::tract_op::register`] calls it, so the one registration point of the crate installs
 //! every `ai.groupmamba` op. As for the other ops, tract's registry is keyed by op type only: the
 //! builder checks the node's domain and the model's import of the operator set (version 1)
-//! itself, then the attribute (through [`ConvAttributes::new`], the contract's own check) and the
+//! itself, then the attributes (through [`ConvAttributes::new`], the contract's own check) and the
 //! inputs: `X`, `W`, `B`, and the optional `InputBias`, absent or given as an empty name.
 //!
 //! The node becomes an [`Expansion`] (rules: `Y` has `X`'s type and shape, `X` has rank 4, `W` is
 //! float32 `[C, 1, K, K]` with K odd and ≤ 7, `B` and `InputBias` are float32 `[C]`, C being
-//! axis 1 of `X`) that wires one core op, [`DepthwiseConvOp`]: stateless, typed (`output_facts`
+//! axis 1 of `X`, or axis 3 when `channels_last` = 1) that wires one core op, [`DepthwiseConvOp`]: stateless, typed (`output_facts`
 //! keeps `X`'s shape, so a symbolic batch survives `into_optimized()`), evaluated by
 //! [`crate::dwconv::depthwise_conv`], the one implementation of the math. tract's own `Conv`
 //! never sees the node, so its optimiser cannot split the fused bias and activation apart again.
@@ -25,7 +25,7 @@ use tract_onnx::tract_hir::internal::*;
 
 use crate::dwconv::{
     check_kernel, depthwise_conv, Activation, ConvAttributes, ConvInput, ConvInputs, ConvShape,
-    ATTR_ACTIVATION, DWCONV_OP_TYPE,
+    ATTR_ACTIVATION, ATTR_CHANNELS_LAST, DWCONV_OP_TYPE,
 };
 use crate::tract_norm_op::{dims_clash, show};
 use crate::tract_op::{check_domain_and_opset, check_float_types, eval_in_float32, node_label};
@@ -45,8 +45,11 @@ fn build(
     let activation: Option<String> = node
         .get_attr_opt(ATTR_ACTIVATION)
         .with_context(|| format!("{label}: reading attribute `{ATTR_ACTIVATION}`"))?;
-    let attrs =
-        ConvAttributes::new(activation.as_deref()).map_err(|e| format_err!("{label}: {e}"))?;
+    let channels_last: Option<i64> = node
+        .get_attr_opt(ATTR_CHANNELS_LAST)
+        .with_context(|| format!("{label}: reading attribute `{ATTR_CHANNELS_LAST}`"))?;
+    let attrs = ConvAttributes::new(activation.as_deref(), channels_last)
+        .map_err(|e| format_err!("{label}: {e}"))?;
     // tract drops empty input names when it wires the node, so an empty InputBias is an absent
     // one; an empty X, W or B would silently shift the others into their places.
     let required = &node.input[..node.input.len().min(3)];
@@ -72,10 +75,14 @@ fn build(
     ))
 }
 
-/// `activation: gelu, input bias: yes` for tract's model dumps.
+/// `activation: gelu, input bias: yes, X: [N, H, W, C]` for tract's model dumps.
 fn attrs_info(attrs: &ConvAttributes, has_input_bias: bool) -> String {
     let input_bias = if has_input_bias { "yes" } else { "no" };
-    format!("activation: {}, input bias: {input_bias}", attrs.activation)
+    format!(
+        "activation: {}, input bias: {input_bias}, X: {}",
+        attrs.activation,
+        attrs.layout.dims()
+    )
 }
 
 /// Checks a known K×K kernel (odd, at most [`crate::dwconv::MAX_KERNEL`]) and a square one,
@@ -121,13 +128,14 @@ impl Expansion for DepthwiseConv {
             &inputs[ConvInput::W.index()],
             &outputs[0],
         );
+        let (axis, dims) = (self.attrs.layout.channel_axis(), self.attrs.layout.dims());
         s.equals(&y.datum_type, &x.datum_type)?;
         s.equals(&y.shape, &x.shape)?;
         // Each check gives a message naming the input first, then the unification.
         s.given(&x.rank, move |_, rank| {
             ensure!(
                 rank == 4,
-                "{DWCONV_OP_TYPE}: input `X` has rank {rank}, expected 4 ([N, C, H, W])"
+                "{DWCONV_OP_TYPE}: input `X` has rank {rank}, expected 4 ({dims})"
             );
             Ok(())
         })?;
@@ -141,14 +149,14 @@ impl Expansion for DepthwiseConv {
             Ok(())
         })?;
         s.equals(&w.rank, 4)?;
-        s.given_2(&x.shape[1], &w.shape[0], move |_, channels, found| {
+        s.given_2(&x.shape[axis], &w.shape[0], move |_, channels, found| {
             ensure!(
                 !dims_clash(&channels, &found),
-                "{DWCONV_OP_TYPE}: input `W` has {found} filters, expected [C, 1, K, K] with C = {channels} (axis 1 of X)"
+                "{DWCONV_OP_TYPE}: input `W` has {found} filters, expected [C, 1, K, K] with C = {channels} (axis {axis} of X)"
             );
             Ok(())
         })?;
-        s.equals(&w.shape[0], &x.shape[1])?;
+        s.equals(&w.shape[0], &x.shape[axis])?;
         s.given(&w.shape[1], move |_, one| {
             ensure!(
                 !dims_clash(&one, &1.to_dim()),
@@ -168,19 +176,19 @@ impl Expansion for DepthwiseConv {
             s.given(&bias.rank, move |_, rank| {
                 ensure!(
                     rank == 1,
-                    "{DWCONV_OP_TYPE}: input `{input}` has rank {rank}, expected 1 ([C], C = axis 1 of X)"
+                    "{DWCONV_OP_TYPE}: input `{input}` has rank {rank}, expected 1 ([C], C = axis {axis} of X)"
                 );
                 Ok(())
             })?;
             s.equals(&bias.rank, 1)?;
-            s.given_2(&x.shape[1], &bias.shape[0], move |_, channels, found| {
+            s.given_2(&x.shape[axis], &bias.shape[0], move |_, channels, found| {
                 ensure!(
                     !dims_clash(&channels, &found),
-                    "{DWCONV_OP_TYPE}: input `{input}` has shape [{found}], expected [C] = [{channels}] (axis 1 of X)"
+                    "{DWCONV_OP_TYPE}: input `{input}` has shape [{found}], expected [C] = [{channels}] (axis {axis} of X)"
                 );
                 Ok(())
             })?;
-            s.equals(&bias.shape[0], &x.shape[1])?;
+            s.equals(&bias.shape[0], &x.shape[axis])?;
         }
         Ok(())
     }
@@ -282,6 +290,7 @@ impl EvalOp for DepthwiseConvOp {
             inputs[ConvInput::W.index()].shape(),
             inputs[ConvInput::B.index()].shape(),
             inputs.get(ConvInput::InputBias.index()).map(|b| b.shape()),
+            self.attrs.layout,
         )
         .map_err(|e| format_err!("{DWCONV_OP_TYPE}: {e}"))?;
         eval_in_float32(&inputs, t, x_shape, |slices, y| {
@@ -302,12 +311,14 @@ impl TypedOp for DepthwiseConvOp {
         let types = inputs.iter().map(|f| f.datum_type).collect_vec();
         self.check_types(&types)?;
         let x = inputs[ConvInput::X.index()];
+        let layout = self.attrs.layout;
         ensure!(
             x.rank() == 4,
-            "{DWCONV_OP_TYPE}: input `X` has shape {}: needs rank 4 [N, C, H, W]",
-            show(x.shape.iter())
+            "{DWCONV_OP_TYPE}: input `X` has shape {}: needs rank 4 {}",
+            show(x.shape.iter()),
+            layout.dims()
         );
-        let channels = &x.shape[1];
+        let channels = &x.shape[layout.channel_axis()];
         let w = &inputs[ConvInput::W.index()].shape;
         let w_ok = w.rank() == 4 && !dims_clash(&w[0], channels) && !dims_clash(&w[1], &1.to_dim());
         ensure!(
@@ -348,6 +359,7 @@ impl TypedOp for DepthwiseConvOp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dwconv::Layout;
 
     fn values(len: usize, k: f32) -> Vec<f32> {
         (0..len)
@@ -359,11 +371,20 @@ mod tests {
     const H: usize = 5;
     const W: usize = 7;
 
-    /// A model `Y = DepthwiseConvOp(X, W, B[, InputBias])` with X `[N, C, H, W]`, N symbolic.
+    /// `X`'s shape `[n, C, H, W]` or `[n, H, W, C]`, as the op's layout has it.
+    fn x_dims<D: Clone>(op: &DepthwiseConvOp, n: D, c: D, h: D, w: D) -> TVec<D> {
+        match op.attrs().layout {
+            Layout::ChannelsFirst => tvec![n, c, h, w],
+            Layout::ChannelsLast => tvec![n, h, w, c],
+        }
+    }
+
+    /// A model `Y = DepthwiseConvOp(X, W, B[, InputBias])` with X `[N, C, H, W]` (or
+    /// channels-last), N symbolic.
     fn model(op: DepthwiseConvOp, t: DatumType, k: usize) -> TractResult<TypedModel> {
         let mut model = TypedModel::default();
         let n = model.symbols.sym("N");
-        let x_shape = tvec![n.to_dim(), C.to_dim(), H.to_dim(), W.to_dim()];
+        let x_shape = x_dims(&op, n.to_dim(), C.to_dim(), H.to_dim(), W.to_dim());
         let mut wires = tvec![
             model.add_source("X", t.fact(x_shape))?,
             model.add_source("W", f32::fact([C, 1, k, k]))?,
@@ -381,12 +402,14 @@ mod tests {
     fn evaluates_with_the_reference_kernel_and_keeps_a_symbolic_batch() -> TractResult<()> {
         let n = 2;
         let cases = [
-            (3, Activation::Silu, false),
-            (5, Activation::Gelu, true),
-            (1, Activation::None, true),
+            (3, Activation::Silu, false, Layout::ChannelsFirst),
+            (5, Activation::Gelu, true, Layout::ChannelsFirst),
+            (1, Activation::None, true, Layout::ChannelsFirst),
+            (3, Activation::Gelu, true, Layout::ChannelsLast),
+            (5, Activation::Silu, false, Layout::ChannelsLast),
         ];
-        for (k, activation, has_ib) in cases {
-            let op = DepthwiseConvOp::new(ConvAttributes { activation }, has_ib);
+        for (k, activation, has_ib, layout) in cases {
+            let op = DepthwiseConvOp::new(ConvAttributes { activation, layout }, has_ib);
             let model = model(op.clone(), DatumType::F32, k)?.into_optimized()?;
             let out = model.output_fact(0)?;
             assert_eq!(format!("{}", out.shape[0]), "N", "{:?}", out.shape);
@@ -396,8 +419,9 @@ mod tests {
             let w = values(C * k * k, 1.1);
             let b = values(C, 2.9);
             let ib = values(C, 0.7);
+            let x_shape = x_dims(&op, n, C, H, W);
             let mut inputs = tvec![
-                Tensor::from_shape(&[n, C, H, W], &x)?.into_tvalue(),
+                Tensor::from_shape(&x_shape, &x)?.into_tvalue(),
                 Tensor::from_shape(&[C, 1, k, k], &w)?.into_tvalue(),
                 Tensor::from_shape(&[C], &b)?.into_tvalue(),
             ];
@@ -405,7 +429,7 @@ mod tests {
                 inputs.push(Tensor::from_shape(&[C], &ib)?.into_tvalue());
             }
             let y = model.into_runnable()?.run(inputs)?.remove(0);
-            assert_eq!(y.shape(), [n, C, H, W]);
+            assert_eq!(y.shape(), &x_shape[..]);
 
             let shape = ConvShape {
                 batch: n,
@@ -413,6 +437,7 @@ mod tests {
                 height: H,
                 width: W,
                 kernel: k,
+                layout,
             };
             let mut expected = vec![0f32; shape.len()];
             let conv_inputs = ConvInputs {
@@ -434,6 +459,7 @@ mod tests {
         let op = DepthwiseConvOp::new(
             ConvAttributes {
                 activation: Activation::Gelu,
+                ..ConvAttributes::default()
             },
             true,
         );
@@ -463,6 +489,7 @@ mod tests {
             height: H,
             width: W,
             kernel: k,
+            layout: Layout::ChannelsFirst,
         };
         let mut expected = vec![0f32; shape.len()];
         let conv_inputs = ConvInputs {
@@ -524,5 +551,26 @@ mod tests {
         assert!(e.contains("input `W` is F16"), "{e}");
         let e = error(&[&fact(DatumType::I32, &[2, 8, 5, 5]), &w, &b, &b]);
         assert!(e.contains("T must be float32 or float16"), "{e}");
+
+        // Channels-last: C is X's last axis.
+        let op = DepthwiseConvOp::new(
+            ConvAttributes {
+                layout: Layout::ChannelsLast,
+                ..ConvAttributes::default()
+            },
+            false,
+        );
+        let x_last = fact(DatumType::F32, &[2, 5, 4, 8]);
+        assert!(op.output_facts(&[&x_last, &w, &b]).is_ok());
+        let e = op
+            .output_facts(&[&x, &w, &b])
+            .expect_err("C = 5 in [N, H, W, C]")
+            .to_string();
+        assert!(e.contains("with C = 5 (from X [2, 8, 5, 5])"), "{e}");
+        let e = op
+            .output_facts(&[&fact(DatumType::F32, &[8, 5, 5]), &w, &b])
+            .expect_err("rank 3")
+            .to_string();
+        assert!(e.contains("needs rank 4 [N, H, W, C]"), "{e}");
     }
 }

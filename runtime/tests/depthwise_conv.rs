@@ -1,7 +1,8 @@
 //! `ai.groupmamba::DepthwiseConv` end to end: a small ONNX model with several DepthwiseConv nodes
 //! (K = 3 and 5; no InputBias, InputBias, an empty InputBias name; activations none (explicit and
-//! left out), SiLU and GELU) over `X` of shape `[N, 48, 20, 24]` (symbolic batch `N`), built in
-//! memory and run:
+//! left out), SiLU and GELU; channels-first (attribute left out or 0) and channels-last, the latter
+//! reading `X` transposed to `[N, 20, 24, 48]` and transposed back after) over `X` of shape
+//! `[N, 48, 20, 24]` (symbolic batch `N`), built in memory and run:
 //!
 //! - in tract, with the op registered by `gm_ops::tract_op::register` (the crate's one
 //!   registration point) and the model optimised with `N` still symbolic;
@@ -24,7 +25,9 @@
 
 use std::path::{Path, PathBuf};
 
-use gm_ops::dwconv::{depthwise_conv, Activation, ConvAttributes, ConvInputs, ConvShape};
+use gm_ops::dwconv::{
+    depthwise_conv, Activation, ConvAttributes, ConvInputs, ConvShape, Layout, ATTR_CHANNELS_LAST,
+};
 use gm_ops::tract_dwconv_op::DepthwiseConvOp;
 use gm_ops::DOMAIN;
 use gm_runtime::backend::ort as ort_backend;
@@ -54,19 +57,24 @@ enum InputBias {
     Given,
 }
 
-/// One DepthwiseConv node of the model: kernel size, the activation as written in it (`None`:
-/// left out), and its InputBias.
+/// One DepthwiseConv node of the model: kernel size, the activation and `channels_last` as
+/// written in it (`None`: left out), and its InputBias.
 #[derive(Clone, Debug)]
 struct Case {
     name: &'static str,
     kernel: usize,
     activation: Option<&'static str>,
     input_bias: InputBias,
+    channels_last: Option<i64>,
 }
 
 impl Case {
     fn attrs(&self) -> ConvAttributes {
-        ConvAttributes::new(self.activation).unwrap()
+        ConvAttributes::new(self.activation, self.channels_last).unwrap()
+    }
+
+    fn is_channels_last(&self) -> bool {
+        self.attrs().layout == Layout::ChannelsLast
     }
 
     fn has_input_bias(&self) -> bool {
@@ -80,6 +88,11 @@ fn cases() -> Vec<Case> {
         kernel,
         activation,
         input_bias,
+        channels_last: None,
+    };
+    let last = |name, kernel, activation, input_bias| Case {
+        channels_last: Some(1),
+        ..case(name, kernel, activation, input_bias)
     };
     vec![
         // The Mamba layer's conv: 3×3 + bias + SiLU.
@@ -92,6 +105,15 @@ fn cases() -> Vec<Case> {
         case("dw.k5_silu_ib", 5, Some("silu"), InputBias::Given),
         case("dw.k5_gelu", 5, Some("gelu"), InputBias::Absent),
         case("dw.k3_gelu_empty_ib", 3, Some("gelu"), InputBias::Empty),
+        // channels_last written as its default.
+        Case {
+            channels_last: Some(0),
+            ..case("dw.k3_silu_first", 3, Some("silu"), InputBias::Absent)
+        },
+        // Channels-last: the fused FFN's conv (on fc1's tokens), and others.
+        last("dw.k3_gelu_ib_last", 3, Some("gelu"), InputBias::Given),
+        last("dw.k5_silu_last", 5, Some("silu"), InputBias::Absent),
+        last("dw.k3_none_last", 3, None, InputBias::Absent),
     ]
 }
 
@@ -167,19 +189,29 @@ fn weights(case: &Case, k: usize) -> Weights {
     }
 }
 
-/// The DepthwiseConv node of case `k` reading `X`, `w{k}`, `b{k}` (and `ib{k}`), writing `y`.
+/// `X` transposed to channels-last, the input of the channels-last cases.
+const X_LAST: &str = "X_channels_last";
+
+/// The DepthwiseConv node of case `k` reading `X` (or [`X_LAST`]), `w{k}`, `b{k}` (and `ib{k}`),
+/// writing `y`.
 fn dwconv_node(case: &Case, k: usize, domain: &str, y: &str) -> pb::NodeProto {
     let (w, b, ib) = (format!("w{k}"), format!("b{k}"), format!("ib{k}"));
-    let mut inputs = vec!["X", w.as_str(), b.as_str()];
+    let x = if case.is_channels_last() { X_LAST } else { "X" };
+    let mut inputs = vec![x, w.as_str(), b.as_str()];
     match case.input_bias {
         InputBias::Absent => {}
         InputBias::Empty => inputs.push(""),
         InputBias::Given => inputs.push(&ib),
     }
-    let attribute = case
+    let mut attribute: Vec<_> = case
         .activation
-        .map(|a| vec![attribute_string("activation", a)])
-        .unwrap_or_default();
+        .map(|a| attribute_string("activation", a))
+        .into_iter()
+        .collect();
+    attribute.extend(
+        case.channels_last
+            .map(|v| attribute_int(ATTR_CHANNELS_LAST, v)),
+    );
     node(case.name, "DepthwiseConv", domain, &inputs, y, attribute)
 }
 
@@ -212,11 +244,20 @@ fn model_of(graph: pb::GraphProto, import: Option<i64>) -> pb::ModelProto {
     }
 }
 
-/// The fused model: for case k, output `y{k}` (one DepthwiseConv node).
+/// The fused model: for case k, output `y{k}` (one DepthwiseConv node; a channels-last one
+/// between transposes, so that every output is `[N, C, H, W]`).
 fn fused_model(cases: &[Case]) -> pb::ModelProto {
     let mut graph = pb::GraphProto {
         name: "depthwise_conv".into(),
         input: vec![value_info("X", FLOAT, &x_dims())],
+        node: vec![node(
+            X_LAST,
+            "Transpose",
+            "",
+            &["X"],
+            X_LAST,
+            vec![attribute_ints("perm", &[0, 2, 3, 1])],
+        )],
         ..Default::default()
     };
     for (k, case) in cases.iter().enumerate() {
@@ -234,7 +275,20 @@ fn fused_model(cases: &[Case]) -> pb::ModelProto {
                 .push(floats(&format!("ib{k}"), &[C as i64], wt.ib));
         }
         let y = format!("y{k}");
-        graph.node.push(dwconv_node(case, k, DOMAIN, &y));
+        if case.is_channels_last() {
+            let y_last = format!("y{k}_channels_last");
+            graph.node.push(dwconv_node(case, k, DOMAIN, &y_last));
+            graph.node.push(node(
+                &y,
+                "Transpose",
+                "",
+                &[&y_last],
+                &y,
+                vec![attribute_ints("perm", &[0, 3, 1, 2])],
+            ));
+        } else {
+            graph.node.push(dwconv_node(case, k, DOMAIN, &y));
+        }
         graph.output.push(value_info(&y, FLOAT, &x_dims()));
     }
     model_of(graph, Some(1))
@@ -311,7 +365,8 @@ fn standard_model(cases: &[Case]) -> pb::ModelProto {
     model_of(graph, None)
 }
 
-/// `Y` by the CPU kernel called directly.
+/// `Y` (`[N, C, H, W]`) by the CPU kernel called directly on `X`, channels-first whatever the
+/// case's layout: a channels-last node runs the same kernel on a transposed copy.
 fn kernel(case: &Case, k: usize, x: &[f32]) -> Vec<f32> {
     let wt = weights(case, k);
     let shape = ConvShape {
@@ -320,6 +375,11 @@ fn kernel(case: &Case, k: usize, x: &[f32]) -> Vec<f32> {
         height: H,
         width: W,
         kernel: case.kernel,
+        layout: Layout::ChannelsFirst,
+    };
+    let attrs = ConvAttributes {
+        layout: Layout::ChannelsFirst,
+        ..case.attrs()
     };
     let inputs = ConvInputs {
         x,
@@ -328,7 +388,7 @@ fn kernel(case: &Case, k: usize, x: &[f32]) -> Vec<f32> {
         input_bias: case.has_input_bias().then_some(wt.ib.as_slice()),
     };
     let mut y = vec![0f32; x.len()];
-    depthwise_conv(&shape, &case.attrs(), inputs, &mut y).unwrap();
+    depthwise_conv(&shape, &attrs, inputs, &mut y).unwrap();
     y
 }
 
@@ -418,11 +478,12 @@ fn check_outputs(
         let graph = max_abs_diff(got, standard[k].iter().map(|&v| v as f64));
         let peak = got.iter().fold(0f32, |m, v| m.max(v.abs()));
         println!(
-            "{runtime} {} (batch {batch}, K {}, activation {}, input bias {:?}; |y| ≤ {peak:.2}): max abs vs f64 loop {exact:.2e}, vs standard-op model {graph:.2e}",
+            "{runtime} {} (batch {batch}, K {}, activation {}, input bias {:?}, X {}; |y| ≤ {peak:.2}): max abs vs f64 loop {exact:.2e}, vs standard-op model {graph:.2e}",
             case.name,
             case.kernel,
             case.attrs().activation,
             case.input_bias,
+            case.attrs().layout.dims(),
         );
         assert!(
             exact <= TOLERANCE && graph <= TOLERANCE,
@@ -625,6 +686,7 @@ struct Bad {
     b: i64,
     ib: Option<i64>,
     activation: Option<pb::AttributeProto>,
+    channels_last: Option<pb::AttributeProto>,
     domain: &'static str,
     import: Option<i64>,
     inputs: Option<Vec<&'static str>>,
@@ -637,6 +699,7 @@ fn bad() -> Bad {
         b: 8,
         ib: Some(8),
         activation: Some(attribute_string("activation", "gelu")),
+        channels_last: None,
         domain: DOMAIN,
         import: Some(1),
         inputs: None,
@@ -661,7 +724,11 @@ impl Bad {
             self.domain,
             &inputs,
             "Y",
-            self.activation.iter().cloned().collect(),
+            self.activation
+                .iter()
+                .chain(&self.channels_last)
+                .cloned()
+                .collect(),
         );
         if let Some(inputs) = &self.inputs {
             node.input = inputs.iter().map(|s| s.to_string()).collect();
@@ -732,6 +799,17 @@ fn bad_cases() -> Vec<(&'static str, Bad, Vec<&'static str>)> {
             "InputBias of 4",
             with(&|b| b.ib = Some(4)),
             vec!["input `InputBias` has shape [4]"],
+        ),
+        (
+            "channels_last 2",
+            with(&|b| b.channels_last = Some(attribute_int(ATTR_CHANNELS_LAST, 2))),
+            vec!["`channels_last` = 2: must be 0"],
+        ),
+        (
+            // X [N, 8, 5, 6] read channels-last has C = 6, not W's 8.
+            "channels_last on a channels-first X",
+            with(&|b| b.channels_last = Some(attribute_int(ATTR_CHANNELS_LAST, 1))),
+            vec!["C = 6"],
         ),
     ]
 }

@@ -255,7 +255,7 @@ def profile(r, path, batches, size):
                 k[0] += t
                 k[1] += ev.count
         total = sum(v[0] for v in kernels.values())
-        top = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:15]
+        top = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:30]
         res[f"batch{b}"] = {
             "gpu_time_per_run_ms": total / runs / 1e3,
             "kernels_per_run": sum(v[1] for v in kernels.values()) / runs,

@@ -10,7 +10,9 @@
 # "prefer_nhwc=1 fuse_conv_bias=1", adds the custom export once more per option, run with that CUDA EP option.
 # FUSED=1 adds the custom export with --fused-ops (ai.groupmamba::GroupedLayerNorm, DepthwiseConv) as fused-ops;
 # CHUNKS="" FUNCTION=0 FUSED=1 compares just the two custom exports. FUSED_BEFORE="BINARY ARGS…" adds the
-# export of another gm-export binary with those arguments as fused-before (an A/B of a fused form in one run).
+# export of another gm-export binary with those arguments as fused-before (an A/B of a fused form in one run);
+# FUSED_BETWEEN="BINARY ARGS…" likewise as fused-between (a third point, e.g. one change of two);
+# FUSED_EP_OPTIONS, e.g. "prefer_nhwc=1", adds the --fused-ops export once more per CUDA EP option.
 set -uo pipefail
 OUT=${OUT:-/tmp/gm-modes}
 GM=${GM:-.gpu-stage/gpubench}
@@ -51,10 +53,17 @@ for p in $PRECISIONS; do
   if [ "$FUSED" = 1 ]; then
     "$GM/gm-export" --variant tiny --precision $p --fused-ops --out "$W/fused-$p.onnx" 2>&1 | tail -1
     models+=(--model "fused-ops=$W/fused-$p.onnx:lib")
+    for o in ${FUSED_EP_OPTIONS:-}; do
+      models+=(--model "fused-ops-${o%%=*}=$W/fused-$p.onnx:lib:$o")
+    done
   fi
   if [ -n "${FUSED_BEFORE:-}" ]; then
     $FUSED_BEFORE --variant tiny --precision $p --out "$W/fused-before-$p.onnx" 2>&1 | tail -1
     models+=(--model "fused-before=$W/fused-before-$p.onnx:lib")
+  fi
+  if [ -n "${FUSED_BETWEEN:-}" ]; then
+    $FUSED_BETWEEN --variant tiny --precision $p --out "$W/fused-between-$p.onnx" 2>&1 | tail -1
+    models+=(--model "fused-between=$W/fused-between-$p.onnx:lib")
   fi
   extra=(); [ "$CUDA_GRAPH" = 1 ] && extra=(--cuda-graph)
   echo "== $p"

@@ -1,6 +1,6 @@
 //! `Block_mamba` (a stage block) and `ClassBlock` (the head's block), with their FFNs.
 
-use gm_ops::dwconv::Activation;
+use gm_ops::dwconv::{Activation, Layout};
 
 use super::config::LayerDims;
 use super::emit::Emitter;
@@ -61,28 +61,37 @@ impl Block {
 
     /// `PVT2FFN`: fc1 → depthwise 3×3 conv on the map → GELU → fc2.
     ///
-    /// Computed channels-first ((B, C, L) = the conv's layout) so that only the narrow C-wide
-    /// tokens are transposed, never the r·C-wide hidden activations. With fused operators, fc1's
-    /// bias, the conv with its bias and the GELU are one `DepthwiseConv`.
+    /// Standard: computed channels-first ((B, C, L) = ONNX Conv's layout) so that only the narrow
+    /// C-wide tokens are transposed, never the r·C-wide hidden activations. With fused operators,
+    /// on tokens throughout: fc1 without its bias, then one channels-last `DepthwiseConv` (fc1's
+    /// bias as its input bias, the conv's bias, GELU) on the (B, H, W, r·C) view of fc1's output,
+    /// then fc2 — no transposes at all.
     fn emit_ffn(&self, e: &mut Emitter, x: &Value, h: usize, w: usize) -> Value {
         let hidden = self.ffn_hidden as i64;
         let l = (h * w) as i64;
-        let map = [0, hidden, h as i64, w as i64];
-        let xt = e.transpose(x, &[0, 2, 1]);
-        let y = if e.fused_ops {
-            let y = channels_first_matmul(e, &xt, "fc1");
-            let y = e.reshape(&y, &map);
+        if e.fused_ops {
+            let y = e.linear_without_bias(x, "fc1");
+            let y = e.reshape(&y, &[0, h as i64, w as i64, hidden]);
             let fc1_bias = e.scoped("fc1", |e| e.tensor("bias"));
             let (weight, bias) =
                 e.scoped("dwconv.dwconv", |e| (e.tensor("weight"), e.tensor("bias")));
-            e.depthwise_conv(&y, weight, bias, Some(fc1_bias), Activation::Gelu)
-        } else {
-            let y = channels_first_linear(e, &xt, "fc1");
-            let y = e.reshape(&y, &map);
-            e.conv2d(&y, "dwconv.dwconv", 1, 1, self.ffn_hidden)
-        };
+            let y = e.depthwise_conv(
+                &y,
+                weight,
+                bias,
+                Some(fc1_bias),
+                Activation::Gelu,
+                Layout::ChannelsLast,
+            );
+            let y = e.reshape(&y, &[0, l, hidden]);
+            return e.linear(&y, "fc2");
+        }
+        let xt = e.transpose(x, &[0, 2, 1]);
+        let y = channels_first_linear(e, &xt, "fc1");
+        let y = e.reshape(&y, &[0, hidden, h as i64, w as i64]);
+        let y = e.conv2d(&y, "dwconv.dwconv", 1, 1, self.ffn_hidden);
         let y = e.reshape(&y, &[0, hidden, l]);
-        let y = if e.fused_ops { y } else { e.gelu(&y) };
+        let y = e.gelu(&y);
         let y = channels_first_linear(e, &y, "fc2");
         e.transpose(&y, &[0, 2, 1])
     }

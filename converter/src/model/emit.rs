@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use gm_ops::dwconv::{Activation, ATTR_ACTIVATION, DWCONV_OP_TYPE};
+use gm_ops::dwconv::{Activation, Layout, ATTR_ACTIVATION, ATTR_CHANNELS_LAST, DWCONV_OP_TYPE};
 
 use crate::onnx::proto::DataType;
 use crate::onnx::{Attr, Dim, FloatType, GraphBuilder, OpSink, Value};
@@ -239,16 +239,23 @@ impl<'w> Emitter<'w> {
 
     /// `nn.Linear` on the last axis: `x @ Wᵀ + b` (W transposed once, at export).
     pub fn linear(&mut self, x: &Value, module: &str) -> Value {
+        let y = self.linear_without_bias(x, module);
         self.scoped(module, |e| {
-            let w = e.tensor("weight");
-            let wt = e.constant("weight_t", &transpose2(w));
-            let y = e.g.op("MatMul", &[x, &wt], &[]);
             if e.has("bias") {
                 let b = e.weight("bias");
                 e.add(&y, &b)
             } else {
                 y
             }
+        })
+    }
+
+    /// `x @ Wᵀ` of `nn.Linear` `module`, its bias left to the caller (fused into a later op).
+    pub fn linear_without_bias(&mut self, x: &Value, module: &str) -> Value {
+        self.scoped(module, |e| {
+            let w = e.tensor("weight");
+            let wt = e.constant("weight_t", &transpose2(w));
+            e.g.op("MatMul", &[x, &wt], &[])
         })
     }
 
@@ -280,10 +287,11 @@ impl<'w> Emitter<'w> {
     }
 
     /// One `ai.groupmamba::DepthwiseConv` node: the depthwise k×k convolution (stride 1, same
-    /// padding) of `x` (N, C, H, W) with `weight` (C, 1, k, k) and `bias`, `input_bias` added to
-    /// `x` inside the image first (a preceding Linear's bias, so that its Add disappears), then
-    /// `activation`. Weights and biases are float32 whatever the model's
-    /// type, as the op asks.
+    /// padding) of `x` ((N, C, H, W), or (N, H, W, C) channels-last) with `weight` (C, 1, k, k)
+    /// and `bias`, `input_bias` added to `x` inside the image first (a preceding Linear's bias,
+    /// so that its Add disappears), then `activation`. Weights and biases are float32 whatever
+    /// the model's type, as the op asks. A channels-first node carries no `channels_last`
+    /// attribute (its default).
     pub fn depthwise_conv(
         &mut self,
         x: &Value,
@@ -291,6 +299,7 @@ impl<'w> Emitter<'w> {
         bias: &Tensor,
         input_bias: Option<&Tensor>,
         activation: Activation,
+        layout: Layout,
     ) -> Value {
         let w = self.g.initializer("weight", weight, FloatType::F32);
         let b = self
@@ -302,7 +311,10 @@ impl<'w> Emitter<'w> {
         });
         let mut inputs = vec![x, &w, &b];
         inputs.extend(input_bias.as_ref());
-        let attrs = [(ATTR_ACTIVATION, Attr::Str(activation.name().to_string()))];
+        let mut attrs = vec![(ATTR_ACTIVATION, Attr::Str(activation.name().to_string()))];
+        if layout != Layout::ChannelsFirst {
+            attrs.push((ATTR_CHANNELS_LAST, Attr::Int(layout.as_attribute())));
+        }
         self.g
             .node(gm_ops::spec::DOMAIN, DWCONV_OP_TYPE, &inputs, 1, &attrs)
             .remove(0)

@@ -10,7 +10,7 @@
 //! depthwise convolution, and a single `SelectiveScan` node scans all four groups, each in its own
 //! direction, straight from the row-major feature map (no permuted copies).
 
-use gm_ops::dwconv::Activation;
+use gm_ops::dwconv::{Activation, Layout};
 use gm_ops::spec::{Direction, DOMAIN, OP_TYPE};
 
 use super::config::{LayerDims, GROUPS};
@@ -97,13 +97,23 @@ impl GroupMambaLayer {
 
         let (xs, z) = self.in_projection(e, &xn, l);
 
-        // Depthwise 3×3 conv of all groups at once on the channels-first map.
-        let xs = e.reshape(&xs, &[0, ci, h as i64, w as i64]);
+        // Depthwise 3×3 conv of all groups at once; u channels-first (B, C, H, W) for the scan.
         let conv_w = concat(e, |e, k| group(e, k, |e| e.tensor("conv2d.weight").clone()));
         let conv_b = concat(e, |e, k| group(e, k, |e| e.tensor("conv2d.bias").clone()));
         let u = if e.fused_ops {
-            e.depthwise_conv(&xs, &conv_w, &conv_b, None, Activation::Silu)
+            // On the (B, H, W, C) view of the tokens; the transpose moves from xs to u.
+            let xs = e.reshape(&xs, &[0, h as i64, w as i64, ci]);
+            let u = e.depthwise_conv(
+                &xs,
+                &conv_w,
+                &conv_b,
+                None,
+                Activation::Silu,
+                Layout::ChannelsLast,
+            );
+            e.transpose(&u, &[0, 3, 1, 2])
         } else {
+            let xs = e.reshape(&xs, &[0, ci, h as i64, w as i64]);
             let conv_w = e.constant("conv2d_weight", &conv_w);
             let conv_b = e.constant("conv2d_bias", &conv_b);
             let u = e.g.op(
@@ -229,33 +239,29 @@ impl GroupMambaLayer {
         e.linear(&m, "proj")
     }
 
-    /// `in_proj` of every group: the normalised tokens x̂ (B, L, C) → (xs, z), with xs
-    /// channels-first ((B, C, L) or (B, G, d, L)) for the depthwise conv and z in the layout
-    /// `out_projection` gates in: SiLU(z) as (B, G, L, d), or z itself as (B, L, C) for the
-    /// fused out_norm (the op applies the SiLU).
+    /// `in_proj` of every group: the normalised tokens x̂ (B, L, C) → (xs, z) in the layouts
+    /// the depthwise conv and `out_projection` take: standard, xs channels-first (B, G, d, L)
+    /// for ONNX Conv and SiLU(z) as (B, G, L, d); fused, both tokens (B, L, C) (a channels-last
+    /// `DepthwiseConv`, and z for the fused out_norm, which applies the SiLU).
     ///
-    /// Standard: one MatMul batched over the groups on (B, G, L, d). Fused: one MatMul on
-    /// (B, L, C) with the block-diagonal (C, 2C) weight, so that neither x̂ nor z is transposed
-    /// (four times the multiply-adds of the batched form: a win on GPUs, where these GEMMs are
-    /// memory-bound, not on CPUs).
+    /// Standard: one MatMul batched over the groups on (B, G, L, d), then a Split. Fused: two
+    /// MatMuls on (B, L, C) with block-diagonal (C, C) weights, one for xs and one for z, so
+    /// that neither x̂ nor z is transposed and no Split copies them (four times the multiply-adds
+    /// of the batched form: a win on GPUs, where these GEMMs are memory-bound, not on CPUs).
     fn in_projection(&self, e: &mut Emitter, xn: &Value, l: i64) -> (Value, Value) {
-        let LayerDims {
-            channels: c,
-            group: d,
-            ..
-        } = self.dims;
-        let (g, ci, di) = (GROUPS as i64, c as i64, d as i64);
+        let d = self.dims.group;
+        let (g, di) = (GROUPS as i64, d as i64);
         if e.fused_ops {
-            let w_in = block_diagonal(e, "in_proj_block_diagonal", |e, k| {
-                group(e, k, |e| e.tensor("in_proj.weight").clone())
-            });
-            let xz = e.g.op("MatMul", &[xn, &w_in], &[]);
-            let split = e.g.ints(&[ci, ci]);
-            let mut parts =
-                e.g.node("", "Split", &[&xz, &split], 2, &[("axis", Attr::Int(2))]);
-            let z = parts.pop().unwrap();
-            let xs = parts.pop().unwrap();
-            return (e.transpose(&xs, &[0, 2, 1]), z);
+            // in_proj's rows: [x part; z part], d each.
+            let part = |e: &mut Emitter, hint: &str, range: std::ops::Range<usize>| {
+                let w = block_diagonal(e, hint, |e, k| {
+                    group(e, k, |e| rows(e.tensor("in_proj.weight"), range.clone()))
+                });
+                e.g.op("MatMul", &[xn, &w], &[])
+            };
+            let xs = part(e, "in_proj_x_block_diagonal", 0..d);
+            let z = part(e, "in_proj_z_block_diagonal", d..2 * d);
+            return (xs, z);
         }
         let xg = e.reshape(xn, &[0, l, g, di]);
         let xg = e.transpose(&xg, &[0, 2, 1, 3]);
@@ -362,29 +368,31 @@ fn stack(e: &mut Emitter, hint: &str, mut f: impl FnMut(&mut Emitter, usize) -> 
 
 /// The (G·in, G·out) block-diagonal matrix of the four groups' `nn.Linear` weights (each
 /// (out, in), so block k is weight_kᵀ), as an initializer: x (…, G·in) @ it applies group k's
-/// Linear to channels [k·in, (k+1)·in). Columns are ordered output part by output part when a
-/// weight's rows hold several parts (in_proj: all groups' x first, then all groups' z), as
-/// `Split` on the last axis expects.
+/// Linear to channels [k·in, (k+1)·in) and writes channels [k·out, (k+1)·out).
 fn block_diagonal(
     e: &mut Emitter,
     hint: &str,
     mut f: impl FnMut(&mut Emitter, usize) -> Tensor,
 ) -> Value {
     let weights: Vec<Tensor> = (0..GROUPS).map(|k| f(e, k)).collect();
-    let (rows, cols) = (weights[0].shape[0], weights[0].shape[1]);
-    // in_proj's rows are [x part; z part] (`cols` rows each); out_proj has one part.
-    let (width, height) = (GROUPS * rows, GROUPS * cols);
+    let (outs, ins) = (weights[0].shape[0], weights[0].shape[1]);
+    let (height, width) = (GROUPS * ins, GROUPS * outs);
     let mut data = vec![0.0f32; height * width];
     for (k, weight) in weights.iter().enumerate() {
-        for r in 0..rows {
-            let (part, j) = (r / cols, r % cols);
-            let column = part * GROUPS * cols + k * cols + j;
-            for i in 0..cols {
-                data[(k * cols + i) * width + column] = weight.data[r * cols + i];
+        for o in 0..outs {
+            for i in 0..ins {
+                data[(k * ins + i) * width + k * outs + o] = weight.data[o * ins + i];
             }
         }
     }
     e.constant(hint, &Tensor::new(vec![height, width], data))
+}
+
+/// Rows `range` of a 2-D tensor (a part of a Linear's outputs).
+fn rows(t: &Tensor, range: std::ops::Range<usize>) -> Tensor {
+    let cols = t.shape[1];
+    let data = t.data[range.start * cols..range.end * cols].to_vec();
+    Tensor::new(vec![range.len(), cols], data)
 }
 
 /// Concatenates the four groups' tensors along their first axis (channels).
