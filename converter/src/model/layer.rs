@@ -153,12 +153,7 @@ impl GroupMambaLayer {
             e.silu(&u)
         };
         // u as the portable scan reads it (each group in visiting order), and the projections.
-        let (ug, (delta, b_rows, c_rows)) = if e.fused_ops {
-            (None, self.fused_scan_projections(e, &u, l))
-        } else {
-            let (ug, projections) = self.scan_projections(e, &u, h, w);
-            (Some(ug), projections)
-        };
+        let (ug, (delta, b_rows, c_rows)) = self.scan_projections(e, &u, h, w);
 
         let a = concat(e, |e, k| {
             group(e, k, |e| {
@@ -208,7 +203,7 @@ impl GroupMambaLayer {
             }
             ScanMode::Portable { chunk } => {
                 let inputs = PortableScanInputs {
-                    u: ug.as_ref().expect("--fused-ops needs the custom scan"),
+                    u: &ug,
                     delta: &delta,
                     b_rows: &b_rows,
                     c_rows: &c_rows,
@@ -288,55 +283,6 @@ impl GroupMambaLayer {
             (delta, b_rows, c_rows)
         });
         (ug, (delta, b_rows, c_rows))
-    }
-
-    /// The fused form of [`Self::scan_projections`]: x_proj and dt_proj of every group as two
-    /// block-structured MatMuls on the channels-first u (B, C, L), each a 2-D weight broadcast
-    /// over the batch (one strided-batched GEMM each on ONNX Runtime's CUDA EP; the per-group
-    /// form, a (G, ·, ·) weight broadcast over (B, G, ·, ·), makes it build pointer arrays and
-    /// copy them to the GPU on every run). x_proj's rows come out as [every group's dt rows;
-    /// every group's B row; every group's C row], so one Split gives dts (B, G·r, L) and the B
-    /// and C rows (B, G, L); delta comes out (B, C, L).
-    fn fused_scan_projections(&self, e: &mut Emitter, u: &Value, l: i64) -> (Value, Value, Value) {
-        let LayerDims {
-            channels: c,
-            group: d,
-            dt_rank: r,
-            ..
-        } = self.dims;
-        let u = e.reshape(u, &[0, c as i64, l]);
-        let (rows, dt_rows) = (GROUPS * (r + 2), GROUPS * r);
-        let mut x_block = vec![0.0f32; rows * c];
-        let mut dt_block = vec![0.0f32; c * dt_rows];
-        for k in 0..GROUPS {
-            let x_proj = group(e, k, |e| squeeze0(e.tensor("x_proj_weight"))); // (r + 2, d)
-            for j in 0..r + 2 {
-                let row = match j {
-                    j if j < r => k * r + j,
-                    j if j == r => dt_rows + k,
-                    _ => dt_rows + GROUPS + k,
-                };
-                let src = &x_proj.data[j * d..(j + 1) * d];
-                x_block[row * c + k * d..row * c + (k + 1) * d].copy_from_slice(src);
-            }
-            let dt_proj = group(e, k, |e| squeeze0(e.tensor("dt_projs_weight"))); // (d, r)
-            for i in 0..d {
-                let dst = (k * d + i) * dt_rows + k * r;
-                dt_block[dst..dst + r].copy_from_slice(&dt_proj.data[i * r..(i + 1) * r]);
-            }
-        }
-        let w_x = e.constant("x_proj_block", &Tensor::new(vec![rows, c], x_block));
-        let x_dbl = e.g.op("MatMul", &[&w_x, &u], &[]);
-        let g = GROUPS as i64;
-        let split = e.g.ints(&[g * r as i64, g, g]);
-        let mut parts =
-            e.g.node("", "Split", &[&x_dbl, &split], 3, &[("axis", Attr::Int(1))]);
-        let c_rows = parts.pop().unwrap();
-        let b_rows = parts.pop().unwrap();
-        let dts = parts.pop().unwrap();
-        let w_dt = e.constant("dt_projs_block", &Tensor::new(vec![c, dt_rows], dt_block));
-        let delta = e.g.op("MatMul", &[&w_dt, &dts], &[]);
-        (delta, b_rows, c_rows)
     }
 
     /// `in_proj` of every group: the normalised tokens x̂ (B, L, C) → (xs, z) in the layouts
