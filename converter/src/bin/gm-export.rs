@@ -64,9 +64,10 @@ struct Args {
     /// Fused operators for GPUs: every LayerNorm as one ai.groupmamba::GroupedLayerNorm (SS2D's
     /// out_norm with its affine and SiLU gate fused in, the per-group projections as
     /// block-diagonal MatMuls on channels-last tokens) and every depthwise convolution with its
-    /// biases and SiLU/GELU as one ai.groupmamba::DepthwiseConv: fewer and faster kernels on
+    /// biases and SiLU/GELU as one channels-last ai.groupmamba::DepthwiseConv on the preceding
+    /// Linear's tokens: fewer and faster kernels on
     /// ONNX Runtime's CUDA EP with libgroupmamba_ops.so. Runs on CPUs too (tract, ONNX Runtime
-    /// with our library), but 1.3-2.5x slower there than the standard graph. Needs --scan custom.
+    /// with our library), but 2.3-3.6x slower there than the standard graph. Needs --scan custom.
     #[arg(long)]
     fused_ops: bool,
 }
