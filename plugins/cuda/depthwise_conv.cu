@@ -575,10 +575,7 @@ __device__ __forceinline__ void load_raw_if(const T* src, bool pred, RawVec<T, V
 // The V elements of a RawVec as floats.
 template <typename T, int V>
 __device__ __forceinline__ void widen(const RawVec<T, V>& r, float* dst) {
-#pragma unroll
-  for (int k = 0; k < V; ++k) {
-    dst[k] = sizeof(T) == 4 ? bits_to_float<T>(r.w[k]) : bits_to_float<T>((r.w[k / 2] >> (16 * (k & 1))) & 0xffffu);
-  }
+  unpack_words<T, V>(r.w, dst);
 }
 
 // Rounds V floats to T and stores them if `pred` (one predicated store; aligned to V elements).
@@ -587,27 +584,21 @@ __device__ __forceinline__ void store_if(T* dst, bool pred, const float* src) {
   constexpr int kBytes = int(sizeof(T)) * V;
   static_assert(kBytes == 2 || kBytes == 4 || kBytes == 8 || kBytes == 16, "unsupported vector");
   const int on = pred ? 1 : 0;
+  uint32_t w[kBytes < 4 ? 1 : kBytes / 4];
+  pack_words<T, V>(src, w);
   if constexpr (kBytes == 2) {
-    const unsigned short h = static_cast<unsigned short>(float_to_bits<T>(src[0]));
+    const unsigned short h = static_cast<unsigned short>(w[0]);
     asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %2, 0;\n\t@p st.global.b16 [%0], %1;\n\t}"
                  :: "l"(dst), "h"(h), "r"(on) : "memory");
+  } else if constexpr (kBytes == 4) {
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %2, 0;\n\t@p st.global.b32 [%0], %1;\n\t}"
+                 :: "l"(dst), "r"(w[0]), "r"(on) : "memory");
+  } else if constexpr (kBytes == 8) {
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %3, 0;\n\t@p st.global.v2.b32 [%0], {%1, %2};\n\t}"
+                 :: "l"(dst), "r"(w[0]), "r"(w[1]), "r"(on) : "memory");
   } else {
-    uint32_t w[kBytes / 4];
-#pragma unroll
-    for (int i = 0; i < kBytes / 4; ++i) {
-      w[i] = sizeof(T) == 4 ? float_to_bits<T>(src[i])
-                            : float_to_bits<T>(src[2 * i]) | (float_to_bits<T>(src[2 * i + 1]) << 16);
-    }
-    if constexpr (kBytes == 4) {
-      asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %2, 0;\n\t@p st.global.b32 [%0], %1;\n\t}"
-                   :: "l"(dst), "r"(w[0]), "r"(on) : "memory");
-    } else if constexpr (kBytes == 8) {
-      asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %3, 0;\n\t@p st.global.v2.b32 [%0], {%1, %2};\n\t}"
-                   :: "l"(dst), "r"(w[0]), "r"(w[1]), "r"(on) : "memory");
-    } else {
-      asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %5, 0;\n\t@p st.global.v4.b32 [%0], {%1, %2, %3, %4};\n\t}"
-                   :: "l"(dst), "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3]), "r"(on) : "memory");
-    }
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %5, 0;\n\t@p st.global.v4.b32 [%0], {%1, %2, %3, %4};\n\t}"
+                 :: "l"(dst), "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3]), "r"(on) : "memory");
   }
 }
 
@@ -942,15 +933,26 @@ cudaError_t launch_conv(const ConvParams& p, int threads, size_t smem, cudaStrea
   return cudaGetLastError();
 }
 
-template <typename T>
-cudaError_t launch_conv_k(int k, const ConvParams& p, int threads, size_t smem, cudaStream_t stream) {
+// Calls launch(KernelSize<K>{}) for the run-time kernel size k (1, 3, 5, 7: the instantiated kernels);
+// any other k is cudaErrorInvalidValue. One dispatch for both layouts' launchers.
+template <int K>
+struct KernelSize {
+  static constexpr int value = K;
+};
+template <typename Launch>
+cudaError_t with_kernel_size(int k, Launch launch) {
   switch (k) {
-    case 1: return launch_conv<T, 1>(p, threads, smem, stream);
-    case 3: return launch_conv<T, 3>(p, threads, smem, stream);
-    case 5: return launch_conv<T, 5>(p, threads, smem, stream);
-    case 7: return launch_conv<T, 7>(p, threads, smem, stream);
+    case 1: return launch(KernelSize<1>{});
+    case 3: return launch(KernelSize<3>{});
+    case 5: return launch(KernelSize<5>{});
+    case 7: return launch(KernelSize<7>{});
     default: return cudaErrorInvalidValue;
   }
+}
+
+template <typename T>
+cudaError_t launch_conv_k(int k, const ConvParams& p, int threads, size_t smem, cudaStream_t stream) {
+  return with_kernel_size(k, [&](auto size) { return launch_conv<T, decltype(size)::value>(p, threads, smem, stream); });
 }
 
 // Fills the launch geometry of `p` (its pointers, sizes and activation set) for n images, kernel
@@ -1011,13 +1013,7 @@ cudaError_t launch_nhwc(const NhwcParams& p, dim3 block, int64_t grid, cudaStrea
 
 template <typename T>
 cudaError_t launch_nhwc_k(int k, const NhwcParams& p, dim3 block, int64_t grid, cudaStream_t stream) {
-  switch (k) {
-    case 1: return launch_nhwc<T, 1>(p, block, grid, stream);
-    case 3: return launch_nhwc<T, 3>(p, block, grid, stream);
-    case 5: return launch_nhwc<T, 5>(p, block, grid, stream);
-    case 7: return launch_nhwc<T, 7>(p, block, grid, stream);
-    default: return cudaErrorInvalidValue;
-  }
+  return with_kernel_size(k, [&](auto size) { return launch_nhwc<T, decltype(size)::value>(p, block, grid, stream); });
 }
 
 #endif  // __CUDACC_RTC__

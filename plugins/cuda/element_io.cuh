@@ -22,6 +22,29 @@ template <> __device__ __forceinline__ uint32_t float_to_bits<__nv_bfloat16>(flo
   return __bfloat16_as_ushort(__float2bfloat16_rn(v));
 }
 
+// V consecutive elements as 32-bit words, as memory holds them (FP16/BF16: two a word, the first in the
+// low half; a single 16-bit element in the low half of one word) ↔ V floats. Shared by the plain
+// accesses below and the kernels' own (e.g. predicated) loads and stores.
+template <typename T, int V>
+__device__ __forceinline__ void unpack_words(const uint32_t* w, float* dst) {
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    dst[k] = sizeof(T) == 4 ? bits_to_float<T>(w[k]) : bits_to_float<T>((w[k / 2] >> (16 * (k & 1))) & 0xffffu);
+  }
+}
+template <typename T, int V>
+__device__ __forceinline__ void pack_words(const float* src, uint32_t* w) {
+  if constexpr (sizeof(T) == 2 && V == 1) {
+    w[0] = float_to_bits<T>(src[0]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < int(sizeof(T)) * V / 4; ++i) {
+      w[i] = sizeof(T) == 4 ? float_to_bits<T>(src[i])
+                            : float_to_bits<T>(src[2 * i]) | (float_to_bits<T>(src[2 * i + 1]) << 16);
+    }
+  }
+}
+
 // Loads V consecutive elements (V·sizeof(T) bytes, aligned to that) as one load and widens them.
 template <typename T, int V>
 __device__ __forceinline__ void load_vec(const T* src, float* dst) {
@@ -44,10 +67,7 @@ __device__ __forceinline__ void load_vec(const T* src, float* dst) {
       w[2] = q.z;
       w[3] = q.w;
     }
-#pragma unroll
-    for (int k = 0; k < V; ++k) {
-      dst[k] = sizeof(T) == 4 ? bits_to_float<T>(w[k]) : bits_to_float<T>((w[k / 2] >> (16 * (k & 1))) & 0xffffu);
-    }
+    unpack_words<T, V>(w, dst);
   }
 }
 
@@ -60,11 +80,7 @@ __device__ __forceinline__ void store_vec(T* dst, const float* src) {
     *reinterpret_cast<unsigned short*>(dst) = static_cast<unsigned short>(float_to_bits<T>(src[0]));
   } else {
     uint32_t w[kBytes / 4];
-#pragma unroll
-    for (int i = 0; i < kBytes / 4; ++i) {
-      w[i] = sizeof(T) == 4 ? float_to_bits<T>(src[i])
-                            : float_to_bits<T>(src[2 * i]) | (float_to_bits<T>(src[2 * i + 1]) << 16);
-    }
+    pack_words<T, V>(src, w);
     if constexpr (kBytes == 4) {
       *reinterpret_cast<uint32_t*>(dst) = w[0];
     } else if constexpr (kBytes == 8) {

@@ -625,6 +625,26 @@ fn conv_plane(
 mod tests {
     use super::*;
 
+    /// `ConvShape::from_input_shapes` for X in [N, C, H, W].
+    fn first(
+        x: &[usize],
+        w: &[usize],
+        b: &[usize],
+        ib: Option<&[usize]>,
+    ) -> Result<ConvShape, ConvError> {
+        ConvShape::from_input_shapes(x, w, b, ib, Layout::ChannelsFirst)
+    }
+
+    /// `ConvShape::from_input_shapes` for X in [N, H, W, C].
+    fn last(
+        x: &[usize],
+        w: &[usize],
+        b: &[usize],
+        ib: Option<&[usize]>,
+    ) -> Result<ConvShape, ConvError> {
+        ConvShape::from_input_shapes(x, w, b, ib, Layout::ChannelsLast)
+    }
+
     /// Direct transcription of the specification's formula, per output element.
     fn naive(shape: &ConvShape, act: Activation, inputs: ConvInputs<'_>) -> Vec<f32> {
         let (n, c, h, w, k) = (
@@ -681,14 +701,7 @@ mod tests {
     #[test]
     fn hand_computed_3x3_with_zero_padding_at_the_edges() {
         // One 3×3 plane 1..9, the kernel [[0,1,0],[1,1,1],[0,1,0]] (a "plus"), bias 10.
-        let shape = ConvShape::from_input_shapes(
-            &[1, 1, 3, 3],
-            &[1, 1, 3, 3],
-            &[1],
-            None,
-            Layout::ChannelsFirst,
-        )
-        .unwrap();
+        let shape = first(&[1, 1, 3, 3], &[1, 1, 3, 3], &[1], None).unwrap();
         let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
         let w = [0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0];
         let inputs = ConvInputs {
@@ -707,14 +720,7 @@ mod tests {
     fn asymmetric_kernel_pins_the_tap_orientation() {
         // A single tap at (i, j) = (0, 2) reads x[h − 1, w + 1] (cross-correlation, as ONNX
         // Conv and PyTorch), so the output is the input shifted down and left.
-        let shape = ConvShape::from_input_shapes(
-            &[1, 1, 3, 3],
-            &[1, 1, 3, 3],
-            &[1],
-            None,
-            Layout::ChannelsFirst,
-        )
-        .unwrap();
+        let shape = first(&[1, 1, 3, 3], &[1, 1, 3, 3], &[1], None).unwrap();
         let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
         let mut w = [0.0; 9];
         w[2] = 1.0;
@@ -733,14 +739,7 @@ mod tests {
         for k in [1, 3, 5, 7] {
             // Images narrower than the kernel too: every tap of a row may fall outside.
             for (h, w) in [(5, 7), (1, 1), (2, 3), (9, 4)] {
-                let shape = ConvShape::from_input_shapes(
-                    &[2, 3, h, w],
-                    &[3, 1, k, k],
-                    &[3],
-                    Some(&[3]),
-                    Layout::ChannelsFirst,
-                )
-                .unwrap();
+                let shape = first(&[2, 3, h, w], &[3, 1, k, k], &[3], Some(&[3])).unwrap();
                 let x = values(shape.len(), 0.3);
                 let wt = values(shape.weight_len(), 1.1);
                 let inputs = ConvInputs {
@@ -764,22 +763,8 @@ mod tests {
     fn channels_last_is_the_same_convolution_on_transposed_images() {
         for k in [1, 3, 5] {
             for (n, c, h, w) in [(2, 3, 5, 7), (1, 1, 1, 1), (1, 4, 2, 3), (3, 2, 9, 4)] {
-                let first = ConvShape::from_input_shapes(
-                    &[n, c, h, w],
-                    &[c, 1, k, k],
-                    &[c],
-                    Some(&[c]),
-                    Layout::ChannelsFirst,
-                )
-                .unwrap();
-                let last = ConvShape::from_input_shapes(
-                    &[n, h, w, c],
-                    &[c, 1, k, k],
-                    &[c],
-                    Some(&[c]),
-                    Layout::ChannelsLast,
-                )
-                .unwrap();
+                let first = first(&[n, c, h, w], &[c, 1, k, k], &[c], Some(&[c])).unwrap();
+                let last = last(&[n, h, w, c], &[c, 1, k, k], &[c], Some(&[c])).unwrap();
                 assert_eq!(
                     last,
                     ConvShape {
@@ -823,35 +808,16 @@ mod tests {
 
     #[test]
     fn channels_last_names_its_layout_and_refuses_plane_ranges() {
-        let e = ConvShape::from_input_shapes(
-            &[1, 4, 4],
-            &[4, 1, 3, 3],
-            &[4],
-            None,
-            Layout::ChannelsLast,
-        )
-        .unwrap_err()
-        .to_string();
+        let e = last(&[1, 4, 4], &[4, 1, 3, 3], &[4], None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("needs rank 4 [N, H, W, C]"), "{e}");
         // C is the last axis: W must have X's last dimension of filters.
-        let e = ConvShape::from_input_shapes(
-            &[1, 4, 5, 6],
-            &[4, 1, 3, 3],
-            &[4],
-            None,
-            Layout::ChannelsLast,
-        )
-        .unwrap_err()
-        .to_string();
+        let e = last(&[1, 4, 5, 6], &[4, 1, 3, 3], &[4], None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("with C = 6"), "{e}");
-        let shape = ConvShape::from_input_shapes(
-            &[1, 2, 2, 3],
-            &[3, 1, 1, 1],
-            &[3],
-            None,
-            Layout::ChannelsLast,
-        )
-        .unwrap();
+        let shape = last(&[1, 2, 2, 3], &[3, 1, 1, 1], &[3], None).unwrap();
         assert_eq!((shape.channels, shape.height, shape.width), (3, 2, 2));
         let inputs = ConvInputs {
             x: &[0.0; 12],
@@ -906,14 +872,7 @@ mod tests {
 
     #[test]
     fn input_bias_is_an_add_inside_the_image_only() {
-        let shape = ConvShape::from_input_shapes(
-            &[1, 2, 4, 5],
-            &[2, 1, 3, 3],
-            &[2],
-            Some(&[2]),
-            Layout::ChannelsFirst,
-        )
-        .unwrap();
+        let shape = first(&[1, 2, 4, 5], &[2, 1, 3, 3], &[2], Some(&[2])).unwrap();
         let x = values(shape.len(), 0.0);
         let w = values(shape.weight_len(), 2.0);
         let b = [0.25, -0.5];
@@ -972,14 +931,7 @@ mod tests {
 
     #[test]
     fn activations_are_identity_silu_and_exact_gelu() {
-        let shape = ConvShape::from_input_shapes(
-            &[1, 1, 1, 1],
-            &[1, 1, 1, 1],
-            &[1],
-            None,
-            Layout::ChannelsFirst,
-        )
-        .unwrap();
+        let shape = first(&[1, 1, 1, 1], &[1, 1, 1, 1], &[1], None).unwrap();
         for v in [-3.0f32, -0.5, 0.0, 0.75, 2.0] {
             let y = |act| {
                 run(
@@ -1047,14 +999,7 @@ mod tests {
 
     #[test]
     fn a_range_of_planes_matches_the_whole_call() {
-        let shape = ConvShape::from_input_shapes(
-            &[2, 3, 4, 4],
-            &[3, 1, 5, 5],
-            &[3],
-            None,
-            Layout::ChannelsFirst,
-        )
-        .unwrap();
+        let shape = first(&[2, 3, 4, 4], &[3, 1, 5, 5], &[3], None).unwrap();
         let x = values(shape.len(), 0.9);
         let w = values(shape.weight_len(), 0.2);
         let inputs = ConvInputs {
@@ -1087,9 +1032,7 @@ mod tests {
     #[test]
     fn rejects_bad_shapes_and_attributes_naming_them() {
         let err = |x: &[usize], w: &[usize], b: &[usize], ib: Option<&[usize]>| {
-            ConvShape::from_input_shapes(x, w, b, ib, Layout::ChannelsFirst)
-                .unwrap_err()
-                .to_string()
+            first(x, w, b, ib).unwrap_err().to_string()
         };
         let e = err(&[2, 3, 4], &[3, 1, 3, 3], &[3], None);
         assert!(
@@ -1142,14 +1085,7 @@ mod tests {
             );
         }
 
-        let shape = ConvShape::from_input_shapes(
-            &[1, 1, 2, 2],
-            &[1, 1, 3, 3],
-            &[1],
-            None,
-            Layout::ChannelsFirst,
-        )
-        .unwrap();
+        let shape = first(&[1, 1, 2, 2], &[1, 1, 3, 3], &[1], None).unwrap();
         let inputs = ConvInputs {
             x: &[0.0; 4],
             w: &[0.0; 8],
