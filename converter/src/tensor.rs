@@ -26,4 +26,12 @@ impl Tensor {
     pub fn flattened(&self) -> Tensor {
         Tensor::new(vec![self.numel()], self.data.clone())
     }
+
+    /// Every value times `factor` (a constant folded into a weight at export, in float32).
+    pub fn scaled(&self, factor: f32) -> Tensor {
+        Tensor::new(
+            self.shape.clone(),
+            self.data.iter().map(|v| v * factor).collect(),
+        )
+    }
 }

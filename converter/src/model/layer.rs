@@ -98,12 +98,8 @@ impl GroupMambaLayer {
             let scaled_mean = e.g.op("MatMul", &[&row, &xn], &[]);
             let rescale = span as f32 / tokens as f32;
             e.scoped("fc1", |e| {
-                let w = e.tensor("weight");
-                let w = Tensor::new(
-                    w.shape.clone(),
-                    w.data.iter().map(|v| v * rescale).collect(),
-                );
-                let wt = e.constant("weight_t_rescaled", &transposed(&w));
+                let wt = transposed(&e.tensor("weight").scaled(rescale));
+                let wt = e.constant("weight_t_rescaled", &wt);
                 let y = e.g.op("MatMul", &[&scaled_mean, &wt], &[]);
                 let b = e.weight("bias");
                 e.add(&y, &b)
@@ -220,13 +216,12 @@ impl GroupMambaLayer {
         let y = self.out_projection(e, &y, &z, h, w);
 
         // Gate with skip_scale·x̂, modulate with the channel affinity, shared norm, projection.
-        let skip = e.weight("skip_scale");
         let m = if e.fused_ops {
-            // skip_scale folded into the (B, 1, C) affinity: one full-size product less.
-            let affinity = e.mul(&affinity, &skip);
+            // skip_scale is already in y (out_proj's weight).
             let m = e.mul(&y, &xn);
             e.mul(&m, &affinity)
         } else {
+            let skip = e.weight("skip_scale");
             let m = e.mul(&y, &skip);
             let m = e.mul(&m, &xn);
             e.mul(&m, &affinity)
@@ -329,7 +324,7 @@ impl GroupMambaLayer {
     ///
     /// Standard: LayerNormalization, Mul, Add, Mul and a MatMul batched over the groups on
     /// (B, G, L, d), then a transpose. Fused: one `GroupedLayerNorm` (groups G, SiLU gate) and
-    /// one MatMul with the block-diagonal (C, C) weight, all on (B, L, C).
+    /// one MatMul with the block-diagonal (C, C) weight times skip_scale, all on (B, L, C).
     fn out_projection(&self, e: &mut Emitter, y: &Value, z: &Value, h: usize, w: usize) -> Value {
         let LayerDims {
             channels: c,
@@ -342,17 +337,24 @@ impl GroupMambaLayer {
                 group(e, k, |e| e.tensor("out_norm.weight").clone())
             });
             let bias = concat(e, |e, k| group(e, k, |e| e.tensor("out_norm.bias").clone()));
-            let y = e.grouped_layer_norm(y, &scale, &bias, GROUPS, LAYER_NORM_EPS, Some(z));
-            let w_out = block_diagonal(e, "out_proj_block_diagonal", |e, k| {
-                group(e, k, |e| e.tensor("out_proj.weight").clone())
+            let normed = e.grouped_layer_norm(y, &scale, &bias, GROUPS, LAYER_NORM_EPS, Some(z));
+            // The layer's skip_scale (a scalar) folded into the weight, in float32: one
+            // (B, 1, C) product and its kernel less per layer.
+            let skip = e.tensor("skip_scale").data[0];
+            let w_out = block_diagonal(e, "out_proj_block_diagonal_skip_scaled", |e, k| {
+                group(e, k, |e| e.tensor("out_proj.weight").scaled(skip))
             });
-            let y = e.g.op("MatMul", &[&y, &w_out], &[]);
             if e.debug_enabled() {
-                let grouped = e.reshape(&y, &[0, l, g, di]);
+                // The official mamba_g{k} outputs come before skip_scale: a side branch.
+                let w_plain = block_diagonal(e, "out_proj_block_diagonal", |e, k| {
+                    group(e, k, |e| e.tensor("out_proj.weight").clone())
+                });
+                let plain = e.g.op("MatMul", &[&normed, &w_plain], &[]);
+                let grouped = e.reshape(&plain, &[0, l, g, di]);
                 let grouped = e.transpose(&grouped, &[0, 2, 1, 3]);
                 self.debug_groups(e, &grouped, h, w);
             }
-            return y;
+            return e.g.op("MatMul", &[&normed, &w_out], &[]);
         }
         let ones = e.constant("out_norm_unit_scale", &Tensor::new(vec![d], vec![1.0; d]));
         let y = e.g.op(
