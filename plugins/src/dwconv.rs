@@ -469,19 +469,7 @@ pub fn in_channels_first(
     if shape.layout == Layout::ChannelsFirst {
         return conv(shape, inputs, y);
     }
-    if inputs.x.len() != shape.len() {
-        return Err(ConvError::Length {
-            input: ConvInput::X,
-            expected: shape.len(),
-            found: inputs.x.len(),
-        });
-    }
-    if y.len() != shape.len() {
-        return Err(ConvError::OutputLength {
-            expected: shape.len(),
-            found: y.len(),
-        });
-    }
+    // The copies keep the buffers' lengths, so `conv`'s own checks name a wrong X or Y.
     let (pixels, channels) = (shape.plane_len(), shape.channels);
     let x = transpose_images(inputs.x, pixels, channels);
     let mut y_first = vec![0.0f32; y.len()];

@@ -321,8 +321,8 @@ fn convolve_in_parallel(
             *error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
         }
     };
-    if work.len() <= 1 {
-        work.iter().enumerate().for_each(|(ix, _)| run(ix));
+    if work.len() == 1 {
+        run(0);
     } else if let Err(e) = ctx.par_for(work.len(), 0, run) {
         return Err(ConvError::ThreadPool(e.to_string()));
     }

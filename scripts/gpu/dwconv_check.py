@@ -58,7 +58,7 @@ import torch.nn.functional as F
 
 import kernel_check
 from kernel_check import (ABS_SLACK, CUDA_ERROR_INVALID_VALUE, DTYPES, ROOT, judge, offset_view, ptr,
-                          time_graph)
+                          record_checks, time_graph)
 
 ACTIVATIONS = {"none": 0, "silu": 1, "gelu": 2}
 SOURCE = os.path.join(ROOT, "plugins", "cuda", "depthwise_conv.cu")
@@ -445,27 +445,7 @@ def main():
                             "f16/bf16": "every element <= 1 ulp of T at ref + the f32 slack"}}
     ok = True
     if not args.bench_only:
-        report["arguments"] = argument_checks(fn)
-        bad = [c["check"] for c in report["arguments"] if not c["ok"]]
-        print(f"argument checks: {len(report['arguments']) - len(bad)}/{len(report['arguments'])} ok",
-              f"(failed: {bad})" if bad else "", flush=True)
-        ok &= not bad
-        cases = correctness(fn, args.quick, gen)
-        report["cases"] = cases
-        worst = {}
-        for c in cases:
-            w = worst.setdefault(c["dtype"], {"max_rel": 0.0, "max_ulp": 0.0, "failed": 0, "cases": 0})
-            w["max_rel"] = max(w["max_rel"], c["max_rel"])
-            w["max_ulp"] = max(w["max_ulp"], c.get("max_ulp", 0.0))
-            w["cases"] += 1
-            w["failed"] += 0 if c["ok"] else 1
-            if not c["ok"]:
-                print("FAIL", json.dumps(c), flush=True)
-        report["worst"] = worst
-        for dtype, w in worst.items():
-            print(f"{dtype}: {w['cases']} cases, {w['failed']} failed, max rel (normwise) {w['max_rel']:.3g}"
-                  + (f", max {w['max_ulp']:.3g} ulp" if dtype != "f32" else ""), flush=True)
-        ok &= all(c["ok"] for c in cases)
+        ok &= record_checks(report, argument_checks(fn), correctness(fn, args.quick, gen))
         if not args.quick and not args.no_huge:
             # `huge`: NCHW (as before); `huge_nhwc`: the same node channels-last.
             for key, cl in (("huge", False), ("huge_nhwc", True)):

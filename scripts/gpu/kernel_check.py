@@ -1,6 +1,8 @@
 """What scripts/gpu/norm_check.py and scripts/gpu/dwconv_check.py share: building a kernel file into a
 shared library with nvcc, the element types and their ulps, misaligned copies, the tolerance judgement
-(float64 reference value plus the float32 arithmetic's own bound) and timing through a CUDA graph."""
+(float64 reference value plus the float32 arithmetic's own bound), the report's summary of the argument
+checks and the correctness cases, and timing through a CUDA graph."""
+import json
 import os
 import subprocess
 
@@ -65,6 +67,31 @@ def judge(y, reference, dtype):
         ok = finite and bool((err <= ulp + slack).all())
     out["ok"] = ok
     return out
+
+
+def record_checks(report, arguments, cases):
+    """Puts the C ABI's argument checks and the correctness cases (each with dtype, ok, max_rel and, for
+    16-bit types, max_ulp) into `report`, with the worst case per dtype; prints a summary line each and
+    every failed case. Returns whether all passed."""
+    report["arguments"] = arguments
+    bad = [c["check"] for c in arguments if not c["ok"]]
+    print(f"argument checks: {len(arguments) - len(bad)}/{len(arguments)} ok",
+          f"(failed: {bad})" if bad else "", flush=True)
+    report["cases"] = cases
+    worst = {}
+    for c in cases:
+        w = worst.setdefault(c["dtype"], {"max_rel": 0.0, "max_ulp": 0.0, "failed": 0, "cases": 0})
+        w["max_rel"] = max(w["max_rel"], c["max_rel"])
+        w["max_ulp"] = max(w["max_ulp"], c.get("max_ulp", 0.0))
+        w["cases"] += 1
+        w["failed"] += 0 if c["ok"] else 1
+        if not c["ok"]:
+            print("FAIL", json.dumps(c), flush=True)
+    report["worst"] = worst
+    for dtype, w in worst.items():
+        print(f"{dtype}: {w['cases']} cases, {w['failed']} failed, max rel (normwise) {w['max_rel']:.3g}"
+              + (f", max {w['max_ulp']:.3g} ulp" if dtype != "f32" else ""), flush=True)
+    return not bad and all(c["ok"] for c in cases)
 
 
 def time_graph(step, sets, launches=20, reps=10):

@@ -57,14 +57,12 @@ for p in $PRECISIONS; do
       models+=(--model "fused-ops-${o%%=*}=$W/fused-$p.onnx:lib:$o")
     done
   fi
-  if [ -n "${FUSED_BEFORE:-}" ]; then
-    $FUSED_BEFORE --variant tiny --precision $p --out "$W/fused-before-$p.onnx" 2>&1 | tail -1
-    models+=(--model "fused-before=$W/fused-before-$p.onnx:lib")
-  fi
-  if [ -n "${FUSED_BETWEEN:-}" ]; then
-    $FUSED_BETWEEN --variant tiny --precision $p --out "$W/fused-between-$p.onnx" 2>&1 | tail -1
-    models+=(--model "fused-between=$W/fused-between-$p.onnx:lib")
-  fi
+  for point in before between; do  # FUSED_BEFORE, FUSED_BETWEEN: "BINARY ARGS…"
+    cmd=FUSED_${point^^}
+    [ -n "${!cmd:-}" ] || continue
+    ${!cmd} --variant tiny --precision $p --out "$W/fused-$point-$p.onnx" 2>&1 | tail -1
+    models+=(--model "fused-$point=$W/fused-$point-$p.onnx:lib")
+  done
   extra=(); [ "$CUDA_GRAPH" = 1 ] && extra=(--cuda-graph)
   echo "== $p"
   PYTHONPATH="$ORTGPU" python3 scripts/gpu/bench_scan_modes.py --library "$GM/libgroupmamba_ops.so" \
